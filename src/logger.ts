@@ -1,0 +1,31 @@
+import pino, { type DestinationStream, type Logger } from "pino";
+
+export type { Logger };
+
+export interface LoggerOptions {
+  /** pino level; default "info". */
+  level?: string;
+  /** Where lines go; default stdout (readable when stdout is a terminal, JSON otherwise). */
+  destination?: DestinationStream;
+}
+
+/** Keys that may carry secrets anywhere in a log object. */
+const REDACT = [
+  "password",
+  "pass",
+  "*.password",
+  "*.pass",
+  "*.clientSecret",
+  "*.accessToken",
+  "*.token",
+  "auth.credentials",
+];
+
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const base = { level: options.level ?? process.env.SLUICE_LOG_LEVEL ?? "info", redact: { paths: REDACT, censor: "[secret]" } };
+  if (options.destination) return pino(base, options.destination);
+  if (process.stdout.isTTY) {
+    return pino({ ...base, transport: { target: "pino-pretty", options: { translateTime: "SYS:standard" } } });
+  }
+  return pino(base);
+}

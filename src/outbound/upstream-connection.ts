@@ -1,0 +1,117 @@
+import { readFileSync } from "node:fs";
+import { rootCertificates } from "node:tls";
+import SMTPConnection from "nodemailer/lib/smtp-connection";
+import type { Config } from "../config/schema.js";
+
+export type UpstreamConfig = Config["upstream"];
+
+/** The credentials one mailbox authenticates with upstream. */
+export interface UpstreamCredentials {
+  user: string;
+  pass: string;
+}
+
+export interface SendResult {
+  accepted: string[];
+  /** Recipients refused at RCPT, with the reply the upstream gave each. */
+  rejected: { recipient: string; responseCode?: number; response: string }[];
+  response: string;
+}
+
+/** nodemailer's SMTP error shape: classify on these fields, never on message text. */
+export interface UpstreamError extends Error {
+  code?: string;
+  responseCode?: number;
+  response?: string;
+  command?: string;
+}
+
+/** TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. */
+export function upstreamTlsOptions(upstream: UpstreamConfig) {
+  const ca = upstream.ca ? [...rootCertificates, readFileSync(upstream.ca, "utf8")] : undefined;
+  return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, servername: upstream.host, ...(ca ? { ca } : {}) };
+}
+
+/** One authenticated upstream SMTP session, reusable for many messages (RSET between them). */
+export class UpstreamConnection {
+  private readonly connection: SMTPConnection;
+  private closed = false;
+  messagesSent = 0;
+  readonly openedAt = Date.now();
+
+  constructor(
+    upstream: UpstreamConfig,
+    tls: ReturnType<typeof upstreamTlsOptions>,
+    private readonly credentials: UpstreamCredentials,
+    clientName: string,
+  ) {
+    this.connection = new SMTPConnection({
+      host: upstream.host,
+      port: upstream.port,
+      secure: upstream.tls === "implicit",
+      requireTLS: upstream.tls === "starttls",
+      ignoreTLS: upstream.tls === "none",
+      name: clientName,
+      tls,
+      connectionTimeout: upstream.connectionTimeout,
+      greetingTimeout: upstream.connectionTimeout,
+      socketTimeout: upstream.socketTimeout,
+    });
+    this.connection.on("error", () => {});
+    this.connection.once("end", () => {
+      this.closed = true;
+    });
+  }
+
+  get usable(): boolean {
+    return !this.closed;
+  }
+
+  /** Connects, upgrades to TLS as configured, and authenticates. */
+  async open(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.connection.once("error", reject);
+      this.connection.connect(() => {
+        this.connection.off("error", reject);
+        resolve();
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.connection.login(this.credentials, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  /** Sends one message; recipients refused at RCPT are reported, not thrown (unless all are refused). */
+  async send(from: string, recipients: string[], body: Buffer): Promise<SendResult> {
+    if (this.messagesSent > 0) {
+      await new Promise<void>((resolve, reject) => this.connection.reset((err) => (err ? reject(err) : resolve())));
+    }
+    this.messagesSent++;
+    return new Promise<SendResult>((resolve, reject) => {
+      this.connection.send({ from, to: recipients, size: body.length }, body, (err, info) => {
+        if (err) return reject(err);
+        const rejectedErrors = (info.rejectedErrors ?? []) as UpstreamError[];
+        resolve({
+          accepted: info.accepted.map(String),
+          rejected: info.rejected.map((recipient, i) => {
+            const error = rejectedErrors.find((e) => (e as { recipient?: string }).recipient === recipient) ?? rejectedErrors[i];
+            return { recipient: String(recipient), responseCode: error?.responseCode, response: error?.response ?? "" };
+          }),
+          response: info.response,
+        });
+      });
+    });
+  }
+
+  /** QUIT and close; never throws. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.connection.quit();
+    } catch {
+      this.connection.close();
+    }
+    setTimeout(() => this.connection.close(), 1_000).unref();
+  }
+}

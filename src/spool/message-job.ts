@@ -1,0 +1,21 @@
+/** What the queue keeps about one accepted message; the bytes are stored beside it (see Spool). */
+export interface MessageJob {
+  /** Queue id, also the BullMQ job id and the `queued as` id given to the client. */
+  id: string;
+  /** Client entry name from the config. */
+  client: string;
+  /** Mailbox the message is sent as; null while no mailbox is configured (held). */
+  mailbox: string | null;
+  /** The envelope sender the client gave (the upstream envelope sender is always the mailbox). */
+  mailFrom: string;
+  /** Recipients still to deliver. */
+  recipients: string[];
+  /** Recipients the upstream accepted already (never resent). */
+  delivered: string[];
+  /** Recipients the upstream refused permanently, with its reply. */
+  refused: { recipient: string; reply: string }[];
+  size: number;
+  messageId?: string;
+  remoteAddress: string;
+  receivedAt: number;
+}

@@ -1,0 +1,75 @@
+import { Redis, type RedisOptions } from "ioredis";
+import type { Logger } from "../logger.js";
+
+/** Where Redis is: an external URL or the embedded server's unix socket. */
+export type RedisTarget = { url: string } | { path: string };
+
+export type ConnectionPurpose =
+  /** Submissions: fail at once while Redis is away so the client gets 451, never a hang. */
+  | "ingest"
+  /** BullMQ workers and other long-lived users: wait and reconnect. */
+  | "worker";
+
+/** Creates ioredis connections for one relay; closes them all at stop(). */
+export class RedisConnections {
+  private readonly open = new Set<Redis>();
+
+  constructor(
+    private readonly target: RedisTarget,
+    private readonly logger: Logger,
+  ) {}
+
+  create(purpose: ConnectionPurpose): Redis {
+    const options: RedisOptions = {
+      maxRetriesPerRequest: purpose === "ingest" ? 0 : null,
+      enableOfflineQueue: purpose !== "ingest",
+      retryStrategy: (times) => Math.min(times * 200, 2_000),
+      connectionName: `sluice-${purpose}`,
+    };
+    const redis = "url" in this.target ? new Redis(this.target.url, options) : new Redis({ ...options, path: this.target.path });
+    let reported = false;
+    redis.on("error", (err) => {
+      if (!reported) this.logger.warn({ err: err.message, purpose }, "redis connection error (reconnecting)");
+      reported = true;
+    });
+    redis.on("ready", () => {
+      if (reported) this.logger.info({ purpose }, "redis connection restored");
+      reported = false;
+    });
+    this.open.add(redis);
+    redis.once("end", () => this.open.delete(redis));
+    return redis;
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all(
+      [...this.open].map(async (redis) => {
+        try {
+          await redis.quit();
+        } catch {
+          redis.disconnect();
+        }
+      }),
+    );
+    this.open.clear();
+  }
+}
+
+/** Warns when an external Redis could lose acknowledged mail: no persistence, or eviction allowed. */
+export async function checkRedisDurability(redis: Redis, logger: Logger): Promise<void> {
+  try {
+    const [, appendonly] = (await redis.config("GET", "appendonly")) as string[];
+    const [, save] = (await redis.config("GET", "save")) as string[];
+    const [, policy] = (await redis.config("GET", "maxmemory-policy")) as string[];
+    if (appendonly !== "yes" && !save) {
+      logger.warn("redis keeps no persistence (appendonly no, no save points): a Redis restart loses queued mail. Set appendonly yes");
+    } else if (appendonly !== "yes") {
+      logger.warn("redis persists by snapshots only: mail acknowledged since the last snapshot is lost if Redis dies. Set appendonly yes");
+    }
+    if (policy !== "noeviction") {
+      logger.warn({ policy }, "redis maxmemory-policy is not noeviction: under memory pressure Redis may delete queued mail. Set maxmemory-policy noeviction");
+    }
+  } catch (err) {
+    logger.warn({ err: (err as Error).message }, "could not read the redis configuration to check persistence (CONFIG GET refused?)");
+  }
+}

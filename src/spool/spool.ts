@@ -1,0 +1,136 @@
+import { randomBytes } from "node:crypto";
+import { type JobsOptions, Queue } from "bullmq";
+import type { Redis } from "ioredis";
+import type { MessageJob } from "./message-job.js";
+
+/** Queue that holds mail of clients with no mailbox yet; it has no worker. */
+export const HELD_QUEUE = "held";
+
+/** A body written but not yet queued expires on its own, so a failed submission leaves nothing behind. */
+const UNCOMMITTED_BODY_TTL_MS = 15 * 60_000;
+const FLUSH_BYTES = 512 * 1024;
+
+/** A new queue id: time-ordered and unique across processes. */
+export function newQueueId(): string {
+  return `${Date.now().toString(36)}${randomBytes(6).toString("hex")}`.toUpperCase();
+}
+
+/**
+ * The durable queue: message bytes under `<prefix>:body:<id>` and one BullMQ job per message in the queue of
+ * its mailbox. The one place that knows key and queue names.
+ */
+export class Spool {
+  private readonly queues = new Map<string, Queue<MessageJob>>();
+
+  constructor(
+    /** Connection for writes on the submission path (fails fast while Redis is away). */
+    private readonly redis: Redis,
+    readonly prefix: string,
+    private readonly jobOptions: JobsOptions,
+  ) {}
+
+  bodyKey(id: string): string {
+    return `${this.prefix}:body:${id}`;
+  }
+
+  queueName(mailbox: string | null): string {
+    return mailbox ?? HELD_QUEUE;
+  }
+
+  queue(mailbox: string | null): Queue<MessageJob> {
+    const name = this.queueName(mailbox);
+    let queue = this.queues.get(name);
+    if (!queue) {
+      queue = new Queue<MessageJob>(name, { connection: this.redis, prefix: this.prefix });
+      queue.on("error", () => {});
+      this.queues.set(name, queue);
+    }
+    return queue;
+  }
+
+  /** Starts writing a message body; nothing is queued until commit(). */
+  openBody(id: string): BodyWriter {
+    return new BodyWriter(this, this.redis, id);
+  }
+
+  /** Queues the job of a fully written body and makes the body permanent. Throws if Redis did not confirm. */
+  async commit(job: MessageJob): Promise<void> {
+    const queue = this.queue(job.mailbox);
+    await queue.add("deliver", job, { ...this.jobOptions, jobId: job.id });
+    try {
+      const persisted = await this.redis.persist(this.bodyKey(job.id));
+      if (persisted !== 1) throw new Error("message body expired before it was queued");
+    } catch (err) {
+      await queue.remove(job.id).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Moves held mail to the queue of the mailbox its client now resolves to; returns how many moved. */
+  async releaseHeld(mailboxFor: (job: MessageJob) => string | null): Promise<number> {
+    const held = this.queue(null);
+    let moved = 0;
+    for (const job of await held.getJobs(["waiting", "delayed", "prioritized"])) {
+      const mailbox = mailboxFor(job.data);
+      if (!mailbox || !job.id) continue;
+      await this.queue(mailbox).add("deliver", { ...job.data, mailbox }, { ...this.jobOptions, jobId: job.id });
+      await job.remove();
+      moved++;
+    }
+    return moved;
+  }
+
+  async readBody(id: string): Promise<Buffer | null> {
+    return this.redis.getBuffer(this.bodyKey(id));
+  }
+
+  async removeBody(id: string): Promise<void> {
+    await this.redis.del(this.bodyKey(id));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => {})));
+    this.queues.clear();
+  }
+}
+
+/** Streams a body into Redis in chunks (bounded memory for 35 MB scans), with a TTL until committed. */
+export class BodyWriter {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private started = false;
+  size = 0;
+
+  constructor(
+    private readonly spool: Spool,
+    private readonly redis: Redis,
+    readonly id: string,
+  ) {}
+
+  async write(chunk: Buffer): Promise<void> {
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    this.size += chunk.length;
+    if (this.pendingBytes >= FLUSH_BYTES) await this.flush();
+  }
+
+  /** Writes what is buffered; call before Spool.commit(). */
+  async flush(): Promise<void> {
+    const data = this.pending.length === 1 ? (this.pending[0] as Buffer) : Buffer.concat(this.pending);
+    this.pending = [];
+    this.pendingBytes = 0;
+    const key = this.spool.bodyKey(this.id);
+    if (!this.started) {
+      this.started = true;
+      await this.redis.set(key, data, "PX", UNCOMMITTED_BODY_TTL_MS);
+    } else if (data.length) {
+      await this.redis.append(key, data);
+    }
+  }
+
+  /** Drops what was written (best effort: the TTL removes it otherwise). */
+  async abort(): Promise<void> {
+    this.pending = [];
+    if (this.started) await this.redis.del(this.spool.bodyKey(this.id)).catch(() => {});
+  }
+}
