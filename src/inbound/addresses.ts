@@ -1,4 +1,4 @@
-const ATOM = "[\\p{L}\\p{N}!#$&'*+/=?^_`{|}~-]+";
+const ATOM = "[\\p{L}\\p{N}#$&'*+/=?^_`{|}~-]+";
 const LABEL = "[\\p{L}\\p{N}](?:[\\p{L}\\p{N}-]{0,61}[\\p{L}\\p{N}])?";
 const ADDRESS = new RegExp(`^${ATOM}(?:\\.${ATOM})*@${LABEL}(?:\\.${LABEL})+$`, "u");
 

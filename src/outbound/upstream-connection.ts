@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { rootCertificates } from "node:tls";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
 import type { Config } from "../config/schema.js";
@@ -29,7 +30,9 @@ export interface UpstreamError extends Error {
 /** TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. */
 export function upstreamTlsOptions(upstream: UpstreamConfig) {
   const ca = upstream.ca ? [...rootCertificates, readFileSync(upstream.ca, "utf8")] : undefined;
-  return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, servername: upstream.host, ...(ca ? { ca } : {}) };
+  // SNI carries host names only; an IP address is checked against the certificate's IP SANs
+  const servername = isIP(upstream.host) ? {} : { servername: upstream.host };
+  return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, ...servername, ...(ca ? { ca } : {}) };
 }
 
 /** One authenticated upstream SMTP session, reusable for many messages (RSET between them). */
