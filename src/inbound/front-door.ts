@@ -64,7 +64,7 @@ export class FrontDoor {
         closeTimeout: Math.min(config.shutdownTimeout, 5_000),
         logger: false,
         onConnect: (session, callback) => this.onConnect(session, callback),
-        onAuth: (auth, session, callback) => this.onAuth(auth, session, callback),
+        onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, callback),
         onMailFrom: (address, session, callback) => this.onMailFrom(address, session, callback),
         onRcptTo: (address, _session, callback) => this.onRcptTo(address, callback),
         onData: (stream, session, callback) => {
@@ -113,10 +113,14 @@ export class FrontDoor {
   }
 
   private onAuth(
+    listener: ListenerConfig,
     auth: SMTPServerAuthentication,
     session: SMTPServerSession,
     callback: (err: Error | null | undefined, response?: { user: string }) => void,
   ) {
+    if (!session.secure && !listener.allowInsecureAuth) {
+      return callback(new SmtpReply(538, "5.7.11", "Encryption required: use STARTTLS, or allowInsecureAuth on this listener"));
+    }
     const client = this.options.policy.authenticate(auth.username ?? "", auth.password ?? "");
     if (!client) {
       this.options.logger.warn({ remote: session.remoteAddress, username: auth.username }, "authentication failed");
