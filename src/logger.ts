@@ -22,10 +22,16 @@ const REDACT = [
 ];
 
 export function createLogger(options: LoggerOptions = {}): Logger {
-  const base = { level: options.level ?? process.env.SLUICE_LOG_LEVEL ?? "info", redact: { paths: REDACT, censor: "[secret]" } };
+  const base = {
+    level: options.level ?? process.env.SLUICE_LOG_LEVEL ?? "info",
+    redact: { paths: REDACT, censor: "[secret]" },
+  };
   if (options.destination) return pino(base, options.destination);
   if (process.stdout.isTTY) {
-    return pino({ ...base, transport: { target: "pino-pretty", options: { translateTime: "SYS:standard" } } });
+    return pino({
+      ...base,
+      transport: { target: "pino-pretty", options: { translateTime: "SYS:standard" } },
+    });
   }
   return pino(base);
 }

@@ -34,7 +34,10 @@ const JOB_OPTIONS: JobsOptions = {
 async function waitReady(redis: Redis, timeoutMs: number): Promise<void> {
   if (redis.status === "ready") return;
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`redis not reachable within ${timeoutMs / 1000} s`)), timeoutMs);
+    const timer = setTimeout(
+      () => reject(new Error(`redis not reachable within ${timeoutMs / 1000} s`)),
+      timeoutMs,
+    );
     redis.once("ready", () => {
       clearTimeout(timer);
       resolve();

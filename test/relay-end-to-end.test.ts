@@ -72,8 +72,19 @@ afterEach(async () => {
 describe("a printer on an allowed network", () => {
   it("submits without TLS or AUTH and its 5 MB scan is delivered byte for byte apart from the trace header", async () => {
     const r = await relay();
-    const raw = buildMessage({ from: "printer@floor2.local.example", to: ["alice@example.com"], attachmentBytes: 5 * 1024 * 1024 });
-    const result = await submit({ port: r.port, localAddress: "127.0.0.2", startTls: false, from: "printer@floor2.example", to: ["alice@example.com"], raw });
+    const raw = buildMessage({
+      from: "printer@floor2.local.example",
+      to: ["alice@example.com"],
+      attachmentBytes: 5 * 1024 * 1024,
+    });
+    const result = await submit({
+      port: r.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "printer@floor2.example",
+      to: ["alice@example.com"],
+      raw,
+    });
     expect(result.ok, result.response).toBe(true);
     queuedId(result.response);
     const [delivered] = await upstream.waitForMessages(1);
@@ -88,7 +99,11 @@ describe("a printer on an allowed network", () => {
 describe("an application", () => {
   it("submits over STARTTLS with AUTH LOGIN and its message is delivered byte for byte apart from the trace header", async () => {
     const r = await relay();
-    const raw = buildMessage({ from: "erp@contoso.com", to: ["bob@example.com", "carol@example.org"], bodyBytes: 20_000 });
+    const raw = buildMessage({
+      from: "erp@contoso.com",
+      to: ["bob@example.com", "carol@example.org"],
+      bodyBytes: 20_000,
+    });
     const result = await submit({
       port: r.port,
       startTls: true,
@@ -139,7 +154,15 @@ describe("the front door", () => {
     const session = await openRawSmtp({ port: r.port });
     await session.greeting();
     const ehlo = await session.command("EHLO printer.example");
-    for (const ext of ["PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 1048576", "ENHANCEDSTATUSCODES", "STARTTLS", "AUTH PLAIN LOGIN"]) {
+    for (const ext of [
+      "PIPELINING",
+      "8BITMIME",
+      "SMTPUTF8",
+      "SIZE 1048576",
+      "ENHANCEDSTATUSCODES",
+      "STARTTLS",
+      "AUTH PLAIN LOGIN",
+    ]) {
       expect(ehlo.text).toContain(ext);
     }
     session.close();
@@ -147,7 +170,14 @@ describe("the front door", () => {
 
   it("refuses an address outside every network that did not AUTH with 530 5.7.0: never an open relay", async () => {
     const r = await relay();
-    const result = await submit({ port: r.port, localAddress: "127.0.0.1", startTls: false, from: "a@example.com", to: ["b@example.com"], raw: "Subject: x\r\n\r\nx\r\n" });
+    const result = await submit({
+      port: r.port,
+      localAddress: "127.0.0.1",
+      startTls: false,
+      from: "a@example.com",
+      to: ["b@example.com"],
+      raw: "Subject: x\r\n\r\nx\r\n",
+    });
     expect(result.ok).toBe(false);
     expect(result.code).toBe(530);
     expect(result.response).toMatch(/^530 5\.7\.0 Authentication required/);
@@ -156,7 +186,14 @@ describe("the front door", () => {
   it("refuses oversize mail with 552 5.3.4, also when the client lied in SIZE", async () => {
     const r = await relay({ maxMessageSize: 100_000 });
     const big = buildMessage({ from: "p@floor2.example", to: ["a@example.com"], bodyBytes: 200_000 });
-    const honest = await submit({ port: r.port, localAddress: "127.0.0.2", startTls: false, from: "p@floor2.example", to: ["a@example.com"], raw: big });
+    const honest = await submit({
+      port: r.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "p@floor2.example",
+      to: ["a@example.com"],
+      raw: big,
+    });
     expect(honest.code).toBe(552);
 
     const session = await openRawSmtp({ port: r.port, localAddress: "127.0.0.2" });
@@ -210,7 +247,11 @@ describe("durability", () => {
       await privateRedis.start();
       await waitFor(async () => (await send(3)).ok, 20_000, "submissions accepted again");
       acked.push("n3@example.com");
-      await waitFor(() => acked.every((a) => upstream.messages.some((m) => m.rcptTo.includes(a))), 30_000, "acknowledged mail delivered");
+      await waitFor(
+        () => acked.every((a) => upstream.messages.some((m) => m.rcptTo.includes(a))),
+        30_000,
+        "acknowledged mail delivered",
+      );
       expect(upstream.messages.some((m) => m.rcptTo.includes("n2@example.com"))).toBe(false);
     } finally {
       await Promise.all(relays.splice(0).map((r) => r.stop()));
@@ -223,7 +264,14 @@ describe("durability", () => {
     await upstream.refuseConnections(true);
     const first = await relay({ redisPrefix: prefix });
     const raw = buildMessage({ from: "p@floor2.example", to: ["later@example.com"] });
-    const result = await submit({ port: first.port, localAddress: "127.0.0.2", startTls: false, from: "p@floor2.example", to: ["later@example.com"], raw });
+    const result = await submit({
+      port: first.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "p@floor2.example",
+      to: ["later@example.com"],
+      raw,
+    });
     expect(result.ok).toBe(true);
     await first.stop();
     await upstream.refuseConnections(false);
@@ -235,8 +283,18 @@ describe("durability", () => {
 
   it("holds mail while no mailbox is configured and sends it once one is and the relay restarts", async () => {
     const prefix = uniquePrefix();
-    const holding = await relay({ redisPrefix: prefix, mailboxes: {}, clients: [{ name: "loopback", networks: ["127.0.0.0/8"] }] });
-    const result = await submit({ port: holding.port, ca: pki.ca, from: "app@example.com", to: ["held@example.com"], raw: "Subject: held\r\n\r\nheld\r\n" });
+    const holding = await relay({
+      redisPrefix: prefix,
+      mailboxes: {},
+      clients: [{ name: "loopback", networks: ["127.0.0.0/8"] }],
+    });
+    const result = await submit({
+      port: holding.port,
+      ca: pki.ca,
+      from: "app@example.com",
+      to: ["held@example.com"],
+      raw: "Subject: held\r\n\r\nheld\r\n",
+    });
     expect(result.ok, result.response).toBe(true);
     await holding.stop();
     expect(upstream.messages).toHaveLength(0);
@@ -248,7 +306,14 @@ describe("durability", () => {
 
 describe("delivery outcomes", () => {
   const send = (r: TestRelay, to: string) =>
-    submit({ port: r.port, localAddress: "127.0.0.2", startTls: false, from: "p@floor2.example", to: [to], raw: buildMessage({ from: "p@floor2.example", to: [to] }) });
+    submit({
+      port: r.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "p@floor2.example",
+      to: [to],
+      raw: buildMessage({ from: "p@floor2.example", to: [to] }),
+    });
 
   it("delivers exactly once when the upstream answers 451 twice and then 250", async () => {
     const r = await relay();
@@ -266,7 +331,9 @@ describe("delivery outcomes", () => {
 
   it("keeps a message the upstream refuses with 550 as failed, with the reply, and never retries it", async () => {
     const r = await relay();
-    upstream.script({ reply: { code: 550, message: "5.7.1 Client does not have permissions to send as this sender" } });
+    upstream.script({
+      reply: { code: 550, message: "5.7.1 Client does not have permissions to send as this sender" },
+    });
     const id = queuedId((await send(r, "refused@example.com")).response);
     const queue = r.spool.queue(MAILBOX);
     await waitFor(async () => (await queue.getJobState(id)) === "failed", 20_000, "job failed");
@@ -278,11 +345,19 @@ describe("delivery outcomes", () => {
   });
 
   it("sends nothing to an upstream that does not offer STARTTLS, and keeps the mail", async () => {
-    const plain = await startFakeUpstream({ tls: pki.issue(["127.0.0.1"]), offerStartTls: false, users: { [MAILBOX]: MAILBOX_PASSWORD } });
+    const plain = await startFakeUpstream({
+      tls: pki.issue(["127.0.0.1"]),
+      offerStartTls: false,
+      users: { [MAILBOX]: MAILBOX_PASSWORD },
+    });
     try {
       const r = await relay({ upstream: { host: "127.0.0.1", port: plain.port, ca: caFile } });
       const id = queuedId((await send(r, "secret@example.com")).response);
-      await waitFor(() => r.logs.some((l) => l.event === "deferred" && l.id === id), 20_000, "delivery deferred");
+      await waitFor(
+        () => r.logs.some((l) => l.event === "deferred" && l.id === id),
+        20_000,
+        "delivery deferred",
+      );
       expect(plain.messages).toHaveLength(0);
       expect(plain.authCount(MAILBOX)).toBe(0);
       expect(await r.spool.readBody(id)).not.toBeNull();

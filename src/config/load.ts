@@ -49,7 +49,12 @@ export function formatPath(path: readonly PropertyKey[]): string {
 }
 
 /** Replaces `${NAME}` in every string of the tree with the environment variable NAME. */
-export function interpolateEnv(value: unknown, env: NodeJS.ProcessEnv, problems: string[], path: PropertyKey[] = []): unknown {
+export function interpolateEnv(
+  value: unknown,
+  env: NodeJS.ProcessEnv,
+  problems: string[],
+  path: PropertyKey[] = [],
+): unknown {
   if (typeof value === "string") {
     return value.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_match, name: string) => {
       const found = env[name];
@@ -71,7 +76,8 @@ export function interpolateEnv(value: unknown, env: NodeJS.ProcessEnv, problems:
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === "invalid_type" && issue.input === undefined) return "required";
-  if (issue.code === "unrecognized_keys") return `unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.join(", ")}`;
+  if (issue.code === "unrecognized_keys")
+    return `unknown key${issue.keys.length > 1 ? "s" : ""} ${issue.keys.join(", ")}`;
   return issue.message;
 }
 
@@ -90,14 +96,17 @@ export function parseConfig(raw: unknown, env: NodeJS.ProcessEnv, source: string
   const interpolated = interpolateEnv(raw ?? {}, env, problems);
   const result = configSchema.safeParse(interpolated, { reportInput: true });
   if (!result.success) {
-    for (const issue of result.error.issues) problems.push(`${formatPath(issue.path)}: ${describeIssue(issue)}`);
+    for (const issue of result.error.issues)
+      problems.push(`${formatPath(issue.path)}: ${describeIssue(issue)}`);
   }
   if (problems.length || !result.success) throw new ConfigError(source, problems);
   return { config: deepFreeze(result.data), source, warnings: warningsFor(result.data) };
 }
 
 /** Reads and validates the configuration from the file found by findConfigFile, or the built-in defaults. */
-export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): LoadedConfig {
+export function loadConfig(
+  options: { file?: string; env?: NodeJS.ProcessEnv; cwd?: string } = {},
+): LoadedConfig {
   const env = options.env ?? process.env;
   const file = findConfigFile(options.file, env, options.cwd);
   if (!file) return parseConfig(defaultRawConfig(env), env, DEFAULTS_SOURCE);
@@ -108,7 +117,11 @@ export function loadConfig(options: { file?: string; env?: NodeJS.ProcessEnv; cw
     throw new ConfigError(file, [`cannot read the file: ${(err as Error).message}`]);
   }
   const doc = parseDocument(text, { prettyErrors: true });
-  if (doc.errors.length) throw new ConfigError(file, doc.errors.map((e) => `YAML: ${e.message}`));
+  if (doc.errors.length)
+    throw new ConfigError(
+      file,
+      doc.errors.map((e) => `YAML: ${e.message}`),
+    );
   return parseConfig(doc.toJS(), env, file);
 }
 
@@ -122,7 +135,9 @@ function warningsFor(config: Config): string[] {
   if (config.clients.length === 0) warnings.push("no clients configured: nobody may submit mail");
   for (const listener of config.listen) {
     if (listener.tls === "implicit" && !config.tls) {
-      warnings.push(`listener ${listener.host}:${listener.port} wants implicit TLS but tls.cert/tls.key are not set`);
+      warnings.push(
+        `listener ${listener.host}:${listener.port} wants implicit TLS but tls.cert/tls.key are not set`,
+      );
     }
   }
   return warnings;

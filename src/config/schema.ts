@@ -6,7 +6,10 @@ import { z } from "zod";
 const size = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
   const parsed = typeof value === "number" ? value : bytes.parse(value);
   if (parsed === null || !Number.isFinite(parsed) || parsed <= 0) {
-    ctx.addIssue({ code: "custom", message: `not a size: ${JSON.stringify(value)} (use e.g. 35MB or 36700160)` });
+    ctx.addIssue({
+      code: "custom",
+      message: `not a size: ${JSON.stringify(value)} (use e.g. 35MB or 36700160)`,
+    });
     return z.NEVER;
   }
   return Math.floor(parsed);
@@ -50,13 +53,18 @@ export const limitsSchema = z
     connections: z.number().int().positive().default(3).describe("open upstream connections at any instant"),
     messagesPerMinute: z.number().int().positive().default(30).describe("messages per sliding minute"),
     recipientsPerDay: z.number().int().positive().default(10_000).describe("recipients per sliding 24 hours"),
-    recipientsPerMessage: z.number().int().positive().default(500).describe("recipients per upstream transaction"),
+    recipientsPerMessage: z
+      .number()
+      .int()
+      .positive()
+      .default(500)
+      .describe("recipients per upstream transaction"),
   })
   .strict();
 
 export const mailboxSchema = z
   .object({
-    password: z.string().min(1).describe("password for upstream AUTH (use ${ENV} interpolation)"),
+    password: z.string().min(1).describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD} taken from the environment"),
     limits: limitsSchema.partial().optional().describe("overrides of defaults.limits for this mailbox"),
   })
   .strict();
@@ -74,7 +82,11 @@ export const clientSchema = z
   .strict()
   .superRefine((client, ctx) => {
     if (!client.networks?.length && !client.username) {
-      ctx.addIssue({ code: "custom", message: "give networks, or username and password", path: ["networks"] });
+      ctx.addIssue({
+        code: "custom",
+        message: "give networks, or username and password",
+        path: ["networks"],
+      });
     }
     if (client.username && !client.password) {
       ctx.addIssue({ code: "custom", message: "required", path: ["password"] });
@@ -85,11 +97,18 @@ export const upstreamSchema = z
   .object({
     host: z.string().min(1).default("smtp.office365.com"),
     port: z.number().int().min(1).max(65535).default(587),
-    tls: tlsMode.default("starttls").describe("starttls (required, never falls back to clear text) | implicit | none"),
+    tls: tlsMode
+      .default("starttls")
+      .describe("starttls (required, never falls back to clear text) | implicit | none"),
     ca: z.string().optional().describe("file with extra trusted CA certificates (PEM)"),
     connectionTimeout: z.number().int().positive().default(30_000),
     socketTimeout: z.number().int().positive().default(120_000),
-    idleTimeout: z.number().int().positive().default(5_000).describe("close a reused connection idle this long (ms)"),
+    idleTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(5_000)
+      .describe("close a reused connection idle this long (ms)"),
     maxMessagesPerConnection: z.number().int().positive().default(100),
   })
   .strict();
@@ -98,14 +117,27 @@ export const retrySchema = z
   .object({
     firstDelay: z.number().int().positive().default(30_000).describe("delay before the first retry (ms)"),
     factor: z.number().min(1).default(2),
-    maxDelay: z.number().int().positive().default(30 * 60_000).describe("longest delay between retries (ms)"),
-    maxAge: z.number().int().positive().default(48 * 3600_000).describe("fail a message as expired after (ms)"),
+    maxDelay: z
+      .number()
+      .int()
+      .positive()
+      .default(30 * 60_000)
+      .describe("longest delay between retries (ms)"),
+    maxAge: z
+      .number()
+      .int()
+      .positive()
+      .default(48 * 3600_000)
+      .describe("fail a message as expired after (ms)"),
   })
   .strict();
 
 export const configSchema = z
   .object({
-    listen: z.array(listenerSchema).min(1).default([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }]),
+    listen: z
+      .array(listenerSchema)
+      .min(1)
+      .default([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }]),
     tls: z
       .object({ cert: z.string().describe("PEM certificate file"), key: z.string().describe("PEM key file") })
       .strict()
@@ -115,11 +147,23 @@ export const configSchema = z
       .regex(/^rediss?:\/\//, "must start with redis:// or rediss://")
       .optional()
       .describe("external Redis URL; omitted: an embedded redis-server under dataDir"),
-    redisPrefix: z.string().min(1).default("sluice").describe("key prefix, shared by every relay of one cluster"),
+    redisPrefix: z
+      .string()
+      .min(1)
+      .default("sluice")
+      .describe("key prefix, shared by every relay of one cluster"),
     dataDir: z.string().default("./data"),
-    hostname: z.string().optional().describe("name used in greetings and Received headers (default: os.hostname())"),
+    hostname: z
+      .string()
+      .optional()
+      .describe("name used in greetings and Received headers (default: os.hostname())"),
     maxMessageSize: size.default(35 * 1024 * 1024),
-    shutdownTimeout: z.number().int().positive().default(30_000).describe("ms to finish sessions and deliveries on SIGTERM"),
+    shutdownTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(30_000)
+      .describe("ms to finish sessions and deliveries on SIGTERM"),
     upstream: upstreamSchema.default(upstreamSchema.parse({})),
     retry: retrySchema.default(retrySchema.parse({})),
     defaults: z
@@ -151,7 +195,11 @@ export const configSchema = z
     const usernames = config.clients.map((c) => c.username).filter(Boolean);
     usernames.forEach((name, i) => {
       if (usernames.indexOf(name) !== i) {
-        ctx.addIssue({ code: "custom", path: ["clients"], message: `username ${name} is used by two clients` });
+        ctx.addIssue({
+          code: "custom",
+          path: ["clients"],
+          message: `username ${name} is used by two clients`,
+        });
       }
     });
   });

@@ -43,7 +43,9 @@ export class FrontDoor {
 
   async start(): Promise<void> {
     const { config } = this.options;
-    const tls = config.tls ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) } : undefined;
+    const tls = config.tls
+      ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) }
+      : undefined;
     for (const listener of config.listen) {
       if (listener.tls === "implicit" && !tls) {
         throw new Error(`listen ${listener.host}:${listener.port}: tls: implicit needs tls.cert and tls.key`);
@@ -84,7 +86,12 @@ export class FrontDoor {
       });
       this.listeners.push({ config: listener, server });
       this.options.logger.info(
-        { host: listener.host, port: (server.server.address() as AddressInfo).port, tls: listener.tls, startTls: offerStartTls },
+        {
+          host: listener.host,
+          port: (server.server.address() as AddressInfo).port,
+          tls: listener.tls,
+          startTls: offerStartTls,
+        },
         "smtp listener ready",
       );
     }
@@ -103,7 +110,9 @@ export class FrontDoor {
     this.closing = true;
     const until = Date.now() + deadlineMs;
     while (this.inData > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
-    await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
+    await Promise.all(
+      this.listeners.map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))),
+    );
     this.listeners.length = 0;
   }
 
@@ -119,11 +128,20 @@ export class FrontDoor {
     callback: (err: Error | null | undefined, response?: { user: string }) => void,
   ) {
     if (!session.secure && !listener.allowInsecureAuth) {
-      return callback(new SmtpReply(538, "5.7.11", "Encryption required: use STARTTLS, or allowInsecureAuth on this listener"));
+      return callback(
+        new SmtpReply(
+          538,
+          "5.7.11",
+          "Encryption required: use STARTTLS, or allowInsecureAuth on this listener",
+        ),
+      );
     }
     const client = this.options.policy.authenticate(auth.username ?? "", auth.password ?? "");
     if (!client) {
-      this.options.logger.warn({ remote: session.remoteAddress, username: auth.username }, "authentication failed");
+      this.options.logger.warn(
+        { remote: session.remoteAddress, username: auth.username },
+        "authentication failed",
+      );
       return callback(new SmtpReply(535, "5.7.8", "Authentication credentials invalid"));
     }
     callback(null, { user: client.name });
@@ -131,14 +149,23 @@ export class FrontDoor {
 
   private clientOf(session: SMTPServerSession) {
     const { policy } = this.options;
-    return typeof session.user === "string" ? policy.byName(session.user) : policy.byAddress(session.remoteAddress);
+    return typeof session.user === "string"
+      ? policy.byName(session.user)
+      : policy.byAddress(session.remoteAddress);
   }
 
-  private onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, callback: (err?: Error | null) => void) {
+  private onMailFrom(
+    address: SMTPServerAddress,
+    session: SMTPServerSession,
+    callback: (err?: Error | null) => void,
+  ) {
     if (this.closing) return callback(new SmtpReply(421, "4.3.2", "Service shutting down, try again later"));
     const client = this.clientOf(session);
     if (!client) {
-      this.options.logger.info({ remote: session.remoteAddress }, "refused: address not in any client network and no AUTH");
+      this.options.logger.info(
+        { remote: session.remoteAddress },
+        "refused: address not in any client network and no AUTH",
+      );
       return callback(new SmtpReply(530, "5.7.0", "Authentication required"));
     }
     if (address.address !== "" && !isForwardableAddress(address.address)) {
@@ -227,11 +254,22 @@ export class FrontDoor {
     }
     if (failure) {
       await writer.abort();
-      logger.error({ id, err: failure.message, client: client.name }, "could not queue message: redis write failed");
+      logger.error(
+        { id, err: failure.message, client: client.name },
+        "could not queue message: redis write failed",
+      );
       throw new SmtpReply(451, "4.3.0", "Queue temporarily unavailable, try again later");
     }
     logger.info(
-      { event: "queued", id, messageId: job.messageId, client: job.client, mailbox, size: job.size, recipients: recipients.length },
+      {
+        event: "queued",
+        id,
+        messageId: job.messageId,
+        client: job.client,
+        mailbox,
+        size: job.size,
+        recipients: recipients.length,
+      },
       mailbox ? "message queued" : "message held: no mailbox is configured yet",
     );
     return `2.0.0 Ok: queued as ${id}`;

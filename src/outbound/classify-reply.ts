@@ -21,7 +21,9 @@ export interface ReplyRule {
  */
 export const REPLY_TABLE: readonly ReplyRule[] = [
   {
-    match: { errorCode: ["ECONNECTION", "ETIMEDOUT", "ESOCKET", "ETLS", "EDNS", "ECONNREFUSED", "ECONNRESET"] },
+    match: {
+      errorCode: ["ECONNECTION", "ETIMEDOUT", "ESOCKET", "ETLS", "EDNS", "ECONNREFUSED", "ECONNRESET"],
+    },
     action: "retry",
     category: "network",
     hint: "connection to the upstream failed (refused, reset, timed out, or TLS failed): retried with backoff",

@@ -1,5 +1,5 @@
 import type { Logger } from "../logger.js";
-import { type UpstreamConnection } from "./upstream-connection.js";
+import type { UpstreamConnection } from "./upstream-connection.js";
 
 export interface ConnectionPoolOptions {
   /** Most connections open at once for this mailbox in this process. */
@@ -53,7 +53,10 @@ export class ConnectionPool {
   /** Gives a connection back: kept for reuse when it is healthy, closed otherwise. */
   release(connection: UpstreamConnection, healthy: boolean): void {
     const reuse =
-      healthy && !this.closed && connection.usable && connection.messagesSent < this.options.maxMessagesPerConnection;
+      healthy &&
+      !this.closed &&
+      connection.usable &&
+      connection.messagesSent < this.options.maxMessagesPerConnection;
     if (!reuse) {
       connection.close();
       this.openCount--;

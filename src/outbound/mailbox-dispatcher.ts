@@ -7,7 +7,12 @@ import type { Spool } from "../spool/spool.js";
 import { classifyReply } from "./classify-reply.js";
 import { ConnectionPool } from "./connection-pool.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
-import { type UpstreamConfig, UpstreamConnection, type UpstreamError, upstreamTlsOptions } from "./upstream-connection.js";
+import {
+  type UpstreamConfig,
+  UpstreamConnection,
+  type UpstreamError,
+  upstreamTlsOptions,
+} from "./upstream-connection.js";
 
 export interface MailboxDispatcherOptions {
   mailbox: string;
@@ -46,7 +51,12 @@ export class MailboxDispatcher {
       maxMessagesPerConnection: upstream.maxMessagesPerConnection,
       logger: this.logger,
       open: async () => {
-        const connection = new UpstreamConnection(upstream, tls, { user: mailbox, pass: options.password }, options.hostname);
+        const connection = new UpstreamConnection(
+          upstream,
+          tls,
+          { user: mailbox, pass: options.password },
+          options.hostname,
+        );
         try {
           await connection.open();
         } catch (err) {
@@ -68,14 +78,23 @@ export class MailboxDispatcher {
   private async deliver(job: Job<MessageJob>): Promise<void> {
     const { spool, retry, mailbox } = this.options;
     const data = job.data;
-    const log = { id: data.id, messageId: data.messageId, client: data.client, mailbox, attempt: job.attemptsMade + 1 };
+    const log = {
+      id: data.id,
+      messageId: data.messageId,
+      client: data.client,
+      mailbox,
+      attempt: job.attemptsMade + 1,
+    };
     if (Date.now() - data.receivedAt > retry.maxAge) {
       this.logger.error({ ...log, event: "failed" }, "message expired: not delivered within retry.maxAge");
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
     const body = await spool.readBody(data.id);
     if (!body) {
-      this.logger.error({ ...log }, "message body missing: the submission was never acknowledged; dropping the job");
+      this.logger.error(
+        { ...log },
+        "message body missing: the submission was never acknowledged; dropping the job",
+      );
       return;
     }
     let connection: UpstreamConnection | undefined;
@@ -96,22 +115,37 @@ export class MailboxDispatcher {
       if (deferred.length) throw new RetryRecipients(deferred.map((r) => `${r.recipient}: ${r.response}`));
       await spool.removeBody(data.id);
       this.logger.info(
-        { ...log, event: "delivered", reply: result.response, accepted: result.accepted.length, refused: next.refused.length },
+        {
+          ...log,
+          event: "delivered",
+          reply: result.response,
+          accepted: result.accepted.length,
+          refused: next.refused.length,
+        },
         "message delivered",
       );
     } catch (err) {
       if (err instanceof RetryRecipients) {
-        this.logger.warn({ ...log, event: "deferred", reply: err.replies }, "some recipients deferred: retrying them later");
+        this.logger.warn(
+          { ...log, event: "deferred", reply: err.replies },
+          "some recipients deferred: retrying them later",
+        );
         throw err;
       }
       const upstreamError = err as UpstreamError;
       healthy = upstreamError.responseCode !== undefined && upstreamError.code !== "ECONNECTION";
       const verdict = classifyReply(upstreamError);
       if (verdict.action === "fail") {
-        this.logger.error({ ...log, event: "failed", reply: verdict.reply, hint: verdict.hint }, "message failed permanently");
+        this.logger.error(
+          { ...log, event: "failed", reply: verdict.reply, hint: verdict.hint },
+          "message failed permanently",
+        );
         throw new UnrecoverableError(verdict.reply);
       }
-      this.logger.warn({ ...log, event: "deferred", reply: verdict.reply, category: verdict.category }, "delivery deferred");
+      this.logger.warn(
+        { ...log, event: "deferred", reply: verdict.reply, category: verdict.category },
+        "delivery deferred",
+      );
       throw err;
     } finally {
       if (connection) this.pool.release(connection, healthy);

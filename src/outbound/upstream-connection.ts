@@ -87,7 +87,9 @@ export class UpstreamConnection {
   /** Sends one message; recipients refused at RCPT are reported, not thrown (unless all are refused). */
   async send(from: string, recipients: string[], body: Buffer): Promise<SendResult> {
     if (this.messagesSent > 0) {
-      await new Promise<void>((resolve, reject) => this.connection.reset((err) => (err ? reject(err) : resolve())));
+      await new Promise<void>((resolve, reject) =>
+        this.connection.reset((err) => (err ? reject(err) : resolve())),
+      );
     }
     this.messagesSent++;
     return new Promise<SendResult>((resolve, reject) => {
@@ -97,8 +99,14 @@ export class UpstreamConnection {
         resolve({
           accepted: info.accepted.map(String),
           rejected: info.rejected.map((recipient, i) => {
-            const error = rejectedErrors.find((e) => (e as { recipient?: string }).recipient === recipient) ?? rejectedErrors[i];
-            return { recipient: String(recipient), responseCode: error?.responseCode, response: error?.response ?? "" };
+            const error =
+              rejectedErrors.find((e) => (e as { recipient?: string }).recipient === recipient) ??
+              rejectedErrors[i];
+            return {
+              recipient: String(recipient),
+              responseCode: error?.responseCode,
+              response: error?.response ?? "",
+            };
           }),
           response: info.response,
         });

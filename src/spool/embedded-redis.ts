@@ -41,7 +41,10 @@ async function ping(path: string, attempts: number): Promise<boolean> {
 /** Shuts down a redis-server left on the socket by a relay that died without stopping it. */
 async function shutdownLeftover(path: string, logger: Logger): Promise<void> {
   if (!(await ping(path, 1))) return;
-  logger.warn({ socket: path }, "an embedded redis-server from an earlier run is still running: shutting it down first");
+  logger.warn(
+    { socket: path },
+    "an embedded redis-server from an earlier run is still running: shutting it down first",
+  );
   const client = new Redis({ path, maxRetriesPerRequest: 0, retryStrategy: () => null });
   client.on("error", () => {});
   await client.call("SHUTDOWN").catch(() => {});
@@ -49,25 +52,41 @@ async function shutdownLeftover(path: string, logger: Logger): Promise<void> {
   for (let i = 0; i < 50 && (await ping(path, 1)); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
-export async function startEmbeddedRedis(dataDir: string, logger: Logger): Promise<EmbeddedRedis> {
+export async function startEmbeddedRedis(
+  dataDir: string,
+  logger: Logger,
+  /** The program to run; default redis-server from PATH. */
+  command = "redis-server",
+): Promise<EmbeddedRedis> {
   const dir = resolve(dataDir, "redis");
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const socket = join(dir, "redis.sock");
   await shutdownLeftover(socket, logger);
   const args = [
-    "--port", "0",
-    "--unixsocket", socket,
-    "--unixsocketperm", "700",
-    "--dir", dir,
-    "--appendonly", "yes",
-    "--appendfsync", "always",
-    "--save", "",
-    "--maxmemory-policy", "noeviction",
-    "--daemonize", "no",
-    "--loglevel", "warning",
-    "--logfile", join(dir, "redis.log"),
+    "--port",
+    "0",
+    "--unixsocket",
+    socket,
+    "--unixsocketperm",
+    "700",
+    "--dir",
+    dir,
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+    "--maxmemory-policy",
+    "noeviction",
+    "--daemonize",
+    "no",
+    "--loglevel",
+    "warning",
+    "--logfile",
+    join(dir, "redis.log"),
   ];
-  const child: ChildProcess = spawn("redis-server", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const child: ChildProcess = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr?.on("data", (chunk) => {
     stderr += chunk;

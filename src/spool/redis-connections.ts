@@ -26,7 +26,10 @@ export class RedisConnections {
       retryStrategy: (times) => Math.min(times * 200, 2_000),
       connectionName: `sluice-${purpose}`,
     };
-    const redis = "url" in this.target ? new Redis(this.target.url, options) : new Redis({ ...options, path: this.target.path });
+    const redis =
+      "url" in this.target
+        ? new Redis(this.target.url, options)
+        : new Redis({ ...options, path: this.target.path });
     let reported = false;
     redis.on("error", (err) => {
       if (!reported) this.logger.warn({ err: err.message, purpose }, "redis connection error (reconnecting)");
@@ -62,14 +65,24 @@ export async function checkRedisDurability(redis: Redis, logger: Logger): Promis
     const [, save] = (await redis.config("GET", "save")) as string[];
     const [, policy] = (await redis.config("GET", "maxmemory-policy")) as string[];
     if (appendonly !== "yes" && !save) {
-      logger.warn("redis keeps no persistence (appendonly no, no save points): a Redis restart loses queued mail. Set appendonly yes");
+      logger.warn(
+        "redis keeps no persistence (appendonly no, no save points): a Redis restart loses queued mail. Set appendonly yes",
+      );
     } else if (appendonly !== "yes") {
-      logger.warn("redis persists by snapshots only: mail acknowledged since the last snapshot is lost if Redis dies. Set appendonly yes");
+      logger.warn(
+        "redis persists by snapshots only: mail acknowledged since the last snapshot is lost if Redis dies. Set appendonly yes",
+      );
     }
     if (policy !== "noeviction") {
-      logger.warn({ policy }, "redis maxmemory-policy is not noeviction: under memory pressure Redis may delete queued mail. Set maxmemory-policy noeviction");
+      logger.warn(
+        { policy },
+        "redis maxmemory-policy is not noeviction: under memory pressure Redis may delete queued mail. Set maxmemory-policy noeviction",
+      );
     }
   } catch (err) {
-    logger.warn({ err: (err as Error).message }, "could not read the redis configuration to check persistence (CONFIG GET refused?)");
+    logger.warn(
+      { err: (err as Error).message },
+      "could not read the redis configuration to check persistence (CONFIG GET refused?)",
+    );
   }
 }

@@ -73,7 +73,11 @@ export class Spool {
     for (const job of await held.getJobs(["waiting", "delayed", "prioritized"])) {
       const mailbox = mailboxFor(job.data);
       if (!mailbox || !job.id) continue;
-      await this.queue(mailbox).add("deliver", { ...job.data, mailbox }, { ...this.jobOptions, jobId: job.id });
+      await this.queue(mailbox).add(
+        "deliver",
+        { ...job.data, mailbox },
+        { ...this.jobOptions, jobId: job.id },
+      );
       await job.remove();
       moved++;
     }

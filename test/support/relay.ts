@@ -63,7 +63,11 @@ export async function startTestRelay(raw: Record<string, unknown>): Promise<Test
 }
 
 /** Resolves when `check` returns true, polling; rejects after timeoutMs. */
-export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 20_000, what = "condition"): Promise<void> {
+export async function waitFor(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 20_000,
+  what = "condition",
+): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);

@@ -19,7 +19,9 @@ describe("what an upstream reply means", () => {
   });
 
   it("retries connection failures and TLS failures, even when they carry a reply code", () => {
-    expect(classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action).toBe("retry");
+    expect(
+      classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action,
+    ).toBe("retry");
     expect(classifyReply(reply("502 5.5.1 STARTTLS not available", "ETLS")).action).toBe("retry");
   });
 });

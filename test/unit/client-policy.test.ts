@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../src/config/load.js";
-import { ClientPolicy } from "../../src/inbound/client-policy.js";
 import { isForwardableAddress } from "../../src/inbound/addresses.js";
+import { ClientPolicy } from "../../src/inbound/client-policy.js";
 
 const { config } = parseConfig(
   {
@@ -40,7 +40,9 @@ describe("who may submit", () => {
   });
 
   it("sends as the only configured mailbox when a client names none", () => {
-    expect(policy.mailboxFor(config.clients[0] as (typeof config.clients)[number])).toBe("scanner@contoso.com");
+    expect(policy.mailboxFor(config.clients[0] as (typeof config.clients)[number])).toBe(
+      "scanner@contoso.com",
+    );
   });
 });
 

@@ -56,7 +56,10 @@ clients:
 describe("configuration", () => {
   it("reads the documented example, interpolating ${NAME} from the environment", () => {
     const file = writeConfig(example);
-    const { config } = loadConfig({ file, env: { SCANNER_PASSWORD: "s3cret", ERP_RELAY_PASSWORD: "erp-pass" } });
+    const { config } = loadConfig({
+      file,
+      env: { SCANNER_PASSWORD: "s3cret", ERP_RELAY_PASSWORD: "erp-pass" },
+    });
     expect(config.maxMessageSize).toBe(35 * 1024 * 1024);
     expect(config.mailboxes["scanner@contoso.com"]?.password).toBe("s3cret");
     expect(config.clients[1]?.password).toBe("erp-pass");
@@ -89,7 +92,9 @@ describe("configuration", () => {
       mailboxes: { "a@b.example": { password: "x" } },
       clients: [{ name: "x", networks: ["10.0.0.0/24"], mailbox: "nobody@example.com" }],
     });
-    expect(problems).toEqual(["clients[0].mailbox: unknown mailbox nobody@example.com: add it under mailboxes"]);
+    expect(problems).toEqual([
+      "clients[0].mailbox: unknown mailbox nobody@example.com: add it under mailboxes",
+    ]);
   });
 
   it("accepts sizes as strings or byte counts", () => {
@@ -101,10 +106,15 @@ describe("configuration", () => {
     const dir = mkdtempSync(join(tmpdir(), "sluice-empty-"));
     const held = loadConfig({ env: {}, cwd: dir });
     expect(held.source).toBe("built-in defaults");
-    expect(held.config.listen).toEqual([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }]);
+    expect(held.config.listen).toEqual([
+      { port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false },
+    ]);
     expect(held.config.clients[0]?.networks).toEqual(["127.0.0.0/8", "::1/128"]);
     expect(held.warnings.join()).toMatch(/no mailbox configured/);
-    const sending = loadConfig({ env: { SLUICE_MAILBOX: "printer@contoso.com", SLUICE_PASSWORD: "pw" }, cwd: dir });
+    const sending = loadConfig({
+      env: { SLUICE_MAILBOX: "printer@contoso.com", SLUICE_PASSWORD: "pw" },
+      cwd: dir,
+    });
     expect(sending.config.mailboxes["printer@contoso.com"]?.password).toBe("pw");
   });
 
@@ -119,7 +129,10 @@ describe("configuration", () => {
 
   it("masks every secret when printing the effective configuration", () => {
     const file = writeConfig(example);
-    const { config } = loadConfig({ file, env: { SCANNER_PASSWORD: "s3cret", ERP_RELAY_PASSWORD: "erp-pass" } });
+    const { config } = loadConfig({
+      file,
+      env: { SCANNER_PASSWORD: "s3cret", ERP_RELAY_PASSWORD: "erp-pass" },
+    });
     const printed = describeConfig(config);
     expect(printed).not.toMatch(/s3cret|erp-pass|hunter2/);
     expect(printed).toMatch(/password: "\*{8}"/);
@@ -139,7 +152,9 @@ describe("sluice check-config", () => {
 
   it("lists every problem and exits 2 on an invalid file", async () => {
     const file = writeConfig('mailboxes:\n  "a@b": {}\nmaxMessageSize: huge\n');
-    const result = await run("node", ["--import", "tsx", cli, "check-config", "--config", file]).catch((e) => e);
+    const result = await run("node", ["--import", "tsx", cli, "check-config", "--config", file]).catch(
+      (e) => e,
+    );
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/mailboxes\."a@b"\.password: required/);
     expect(result.stderr).toMatch(/maxMessageSize: not a size/);
