@@ -64,7 +64,10 @@ export const limitsSchema = z
 
 export const mailboxSchema = z
   .object({
-    password: z.string().min(1).describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD} taken from the environment"),
+    password: z
+      .string()
+      .min(1)
+      .describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD} taken from the environment"),
     limits: limitsSchema.partial().optional().describe("overrides of defaults.limits for this mailbox"),
   })
   .strict();
