@@ -6,23 +6,49 @@ function reply(response: string, code = "EENVELOPE") {
   return Object.assign(new Error(response), { responseCode: Number(response.slice(0, 3)), response, code });
 }
 
-describe("what an upstream reply means", () => {
+describe("what an upstream reply means (Exchange Online's real reply texts)", () => {
   it.each([
-    ["451 4.7.0 Temporary server error. Please try again later. PRX4", "retry"],
+    ["432 4.3.2 Concurrent connections limit exceeded.", "reduce-connections"],
+    ["432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]", "reduce-connections"],
     ["421 4.3.2 Service not active", "retry"],
-    ["432 4.3.2 Concurrent connections limit exceeded.", "retry"],
-    ["550 5.7.1 Client does not have permissions to send as this sender", "fail"],
-    ["554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException; Failed to process message", "fail"],
-    ["535 5.7.3 Authentication unsuccessful", "fail"],
+    ["451 4.7.0 Temporary server error. Please try again later. PRX4", "retry"],
+    ["451 4.3.111 Temporary server error", "retry"],
+    ["450 4.7.500 Access denied, please try again later", "retry"],
+    ["450 4.7.699 Access denied, please try again later", "retry"],
+    ["452 4.5.3 Too many recipients", "split-batch"],
+    [
+      "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message [BeginDiagnosticData]",
+      "park-quota",
+    ],
+    ["535 5.7.3 Authentication unsuccessful [SN4PR0601CA0001.namprd06.prod.outlook.com]", "pause-auth"],
+    [
+      "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.",
+      "pause-auth",
+    ],
+    ["550 5.7.30 Basic authentication is not supported for Client Submission.", "pause-auth"],
+    ["530 5.7.57 Client not authenticated to send mail. Error: 535 5.7.139", "pause-auth"],
+    [
+      "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception",
+      "fail",
+    ],
+    ["554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException", "fail"],
+    ["550 5.2.252 SendAsDenied; mailbox blocked for continuous errors", "fail"],
+    ["421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.", "retry"],
+    ["550 5.7.233 Tenant external recipient limit exceeded", "fail"],
   ])("%s -> %s", (response, action) => {
     expect(classifyReply(reply(response)).action).toBe(action);
   });
 
   it("retries connection failures and TLS failures, even when they carry a reply code", () => {
-    expect(
-      classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action,
-    ).toBe("retry");
+    expect(classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action).toBe(
+      "retry",
+    );
     expect(classifyReply(reply("502 5.5.1 STARTTLS not available", "ETLS")).action).toBe("retry");
+  });
+
+  it("gives an actionable hint for SMTP AUTH being disabled", () => {
+    const verdict = classifyReply(reply("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"));
+    expect(verdict.hint).toMatch(/Set-CASMailbox .* -SmtpClientAuthenticationDisabled \$false/);
   });
 });
 
