@@ -4,8 +4,11 @@ import type { Redis } from "ioredis";
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
+import { ConnectionLeases } from "./limits/connection-leases.js";
+import { MailboxBudget } from "./limits/mailbox-budget.js";
 import { createLogger, type Logger } from "./logger.js";
 import { MailboxDispatcher } from "./outbound/mailbox-dispatcher.js";
+import { MailboxPauses } from "./outbound/mailbox-pauses.js";
 import { type EmbeddedRedis, startEmbeddedRedis } from "./spool/embedded-redis.js";
 import { checkRedisDurability, RedisConnections, type RedisTarget } from "./spool/redis-connections.js";
 import { Spool } from "./spool/spool.js";
@@ -78,6 +81,9 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     });
     if (released) logger.info({ released }, "held mail released to its mailbox");
 
+    const leases = new ConnectionLeases(workerConnection, config.redisPrefix, { ttlMs: config.leaseTtl });
+    const budget = new MailboxBudget(workerConnection, config.redisPrefix);
+    const pauses = new MailboxPauses(workerConnection, config.redisPrefix);
     const dispatchers = Object.entries(config.mailboxes).map(
       ([mailbox, settings]) =>
         new MailboxDispatcher({
@@ -88,6 +94,10 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
           retry: config.retry,
           hostname,
           spool,
+          leases,
+          leaseTtlMs: config.leaseTtl,
+          budget,
+          pauses,
           connection: workerConnection,
           logger,
         }),

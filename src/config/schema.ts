@@ -132,6 +132,14 @@ export const retrySchema = z
       .positive()
       .default(48 * 3600_000)
       .describe("fail a message as expired after (ms)"),
+    authRetryInterval: z
+      .number()
+      .int()
+      .positive()
+      .default(5 * 60_000)
+      .describe(
+        "after an authentication failure the mailbox is paused this long before AUTH is tried again (ms)",
+      ),
   })
   .strict();
 
@@ -169,6 +177,14 @@ export const configSchema = z
       .describe("ms to finish sessions and deliveries on SIGTERM"),
     upstream: upstreamSchema.default(upstreamSchema.parse({})),
     retry: retrySchema.default(retrySchema.parse({})),
+    leaseTtl: z
+      .number()
+      .int()
+      .min(1_000)
+      .default(30_000)
+      .describe(
+        "lifetime of a connection lease unless renewed (ms): a killed relay's slots free up after this",
+      ),
     defaults: z
       .object({ limits: limitsSchema.default(limitsSchema.parse({})) })
       .strict()

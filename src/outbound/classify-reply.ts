@@ -35,7 +35,8 @@ export interface ReplyRule {
   hint?: string;
 }
 
-const AUTH_HINT_BASE = "the upstream refused to authenticate the mailbox: mail is kept and AUTH is retried slowly";
+const AUTH_HINT_BASE =
+  "the upstream refused to authenticate the mailbox: mail is kept and AUTH is retried slowly";
 
 /**
  * The reply table, first match wins. Classify on the numeric and enhanced status codes (and Exchange's
@@ -57,7 +58,9 @@ export const REPLY_TABLE: readonly ReplyRule[] = [
   { match: { class: 4, enhanced: ["4.7.500", "4.7.699"] }, action: "retry", category: "throttled" },
   { match: { class: 4 }, action: "retry", category: "temporary" },
   {
-    match: { errorCode: ["ECONNECTION", "ETIMEDOUT", "ESOCKET", "ETLS", "EDNS", "ECONNREFUSED", "ECONNRESET"] },
+    match: {
+      errorCode: ["ECONNECTION", "ETIMEDOUT", "ESOCKET", "ETLS", "EDNS", "ECONNREFUSED", "ECONNRESET"],
+    },
     action: "retry",
     category: "connection",
     hint: "connection to the upstream failed (refused, reset, timed out, or TLS failed): retried with backoff",

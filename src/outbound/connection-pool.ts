@@ -1,6 +1,17 @@
 import type { Logger } from "../logger.js";
 import type { UpstreamConnection } from "./upstream-connection.js";
 
+/** Cluster-wide permission to hold one upstream connection open (see ConnectionLeases). */
+export interface LeaseGate {
+  /** A lease id, or null when every slot of the mailbox is taken. */
+  acquire(): Promise<string | null>;
+  /** false when the lease was lost (expired): the connection must close. */
+  renew(leaseId: string): Promise<boolean>;
+  release(leaseId: string): Promise<void>;
+  /** How often to renew held leases, ms (a third of their lifetime). */
+  renewEveryMs: number;
+}
+
 export interface ConnectionPoolOptions {
   /** Most connections open at once for this mailbox in this process. */
   maxConnections: number;
@@ -8,77 +19,141 @@ export interface ConnectionPoolOptions {
   idleTimeout: number;
   /** Close a connection after it has sent this many messages. */
   maxMessagesPerConnection: number;
+  /** How long acquire() waits for a free lease before giving up with NoConnectionSlot (ms). */
+  leaseWaitMs: number;
+  lease: LeaseGate;
   /** Opens a new authenticated connection. */
   open(): Promise<UpstreamConnection>;
   logger: Logger;
 }
 
-interface Idle {
-  connection: UpstreamConnection;
-  timer: NodeJS.Timeout;
+/** Every connection slot of the mailbox is in use somewhere in the cluster: try again shortly. */
+export class NoConnectionSlot extends Error {
+  constructor() {
+    super("every upstream connection slot of the mailbox is in use");
+    this.name = "NoConnectionSlot";
+  }
 }
 
-/** Upstream connections of one mailbox: one TLS handshake and one AUTH serve many messages. */
+interface Pooled {
+  connection: UpstreamConnection;
+  leaseId: string;
+  leaseLost: boolean;
+  renewTimer: NodeJS.Timeout;
+  idleTimer?: NodeJS.Timeout;
+}
+
+/**
+ * Upstream connections of one mailbox in this process: one TLS handshake and one AUTH serve many messages.
+ * Every open connection holds a cluster-wide lease, renewed while it is open and released when it closes.
+ */
 export class ConnectionPool {
-  private readonly idle: Idle[] = [];
-  private openCount = 0;
+  private readonly idle: Pooled[] = [];
+  private readonly busy = new Map<UpstreamConnection, Pooled>();
+  private opening = 0;
   private closed = false;
 
   constructor(private readonly options: ConnectionPoolOptions) {}
 
   get size(): number {
-    return this.openCount;
+    return this.idle.length + this.busy.size + this.opening;
   }
 
-  /** An idle connection, or a new one when fewer than maxConnections are open. Throws the upstream's error. */
+  /** An idle connection, or a new one under a fresh lease. Throws NoConnectionSlot, or the upstream's error. */
   async acquire(): Promise<UpstreamConnection> {
     while (this.idle.length) {
-      const { connection, timer } = this.idle.pop() as Idle;
-      clearTimeout(timer);
-      if (connection.usable) return connection;
-      this.openCount--;
+      const pooled = this.idle.pop() as Pooled;
+      clearTimeout(pooled.idleTimer);
+      if (pooled.connection.usable && !pooled.leaseLost) {
+        this.busy.set(pooled.connection, pooled);
+        return pooled.connection;
+      }
+      this.discard(pooled);
     }
-    if (this.openCount >= this.options.maxConnections) {
-      throw new Error(`no free upstream connection (${this.openCount} open)`);
-    }
-    this.openCount++;
+    if (this.size >= this.options.maxConnections) throw new NoConnectionSlot();
+    this.opening++;
     try {
-      return await this.options.open();
-    } catch (err) {
-      this.openCount--;
-      throw err;
+      const leaseId = await this.waitForLease();
+      let connection: UpstreamConnection;
+      try {
+        connection = await this.options.open();
+      } catch (err) {
+        await this.options.lease.release(leaseId).catch(() => {});
+        throw err;
+      }
+      const pooled: Pooled = { connection, leaseId, leaseLost: false, renewTimer: this.renewLoop(leaseId) };
+      this.busy.set(connection, pooled);
+      return connection;
+    } finally {
+      this.opening--;
     }
   }
 
-  /** Gives a connection back: kept for reuse when it is healthy, closed otherwise. */
+  private renewLoop(leaseId: string): NodeJS.Timeout {
+    const timer = setInterval(() => {
+      this.options.lease.renew(leaseId).then(
+        (held) => {
+          if (held) return;
+          const pooled = [...this.busy.values(), ...this.idle].find((p) => p.leaseId === leaseId);
+          if (pooled) pooled.leaseLost = true;
+          this.options.logger.warn(
+            "upstream connection lease expired: closing the connection after its current message",
+          );
+        },
+        () => {},
+      );
+    }, this.options.lease.renewEveryMs);
+    timer.unref();
+    return timer;
+  }
+
+  private async waitForLease(): Promise<string> {
+    const until = Date.now() + this.options.leaseWaitMs;
+    for (;;) {
+      const leaseId = await this.options.lease.acquire();
+      if (leaseId) return leaseId;
+      if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
+      await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
+    }
+  }
+
+  /** Gives a connection back: kept for reuse when healthy, closed (and its lease released) otherwise. */
   release(connection: UpstreamConnection, healthy: boolean): void {
+    const pooled = this.busy.get(connection);
+    if (!pooled) return;
+    this.busy.delete(connection);
     const reuse =
       healthy &&
       !this.closed &&
+      !pooled.leaseLost &&
       connection.usable &&
       connection.messagesSent < this.options.maxMessagesPerConnection;
-    if (!reuse) {
-      connection.close();
-      this.openCount--;
-      return;
-    }
-    const timer = setTimeout(() => {
-      const index = this.idle.findIndex((i) => i.connection === connection);
+    if (!reuse) return this.discard(pooled);
+    pooled.idleTimer = setTimeout(() => {
+      const index = this.idle.indexOf(pooled);
       if (index !== -1) this.idle.splice(index, 1);
-      connection.close();
-      this.openCount--;
+      this.discard(pooled);
     }, this.options.idleTimeout);
-    timer.unref();
-    this.idle.push({ connection, timer });
+    pooled.idleTimer.unref();
+    this.idle.push(pooled);
   }
 
-  /** Closes idle connections; those in use close when released. */
-  close(): void {
+  private discard(pooled: Pooled): void {
+    clearInterval(pooled.renewTimer);
+    clearTimeout(pooled.idleTimer);
+    pooled.connection.close();
+    this.options.lease.release(pooled.leaseId).catch(() => {});
+  }
+
+  /** Closes idle connections and releases their leases; busy ones close when released. */
+  async close(): Promise<void> {
     this.closed = true;
-    for (const { connection, timer } of this.idle.splice(0)) {
-      clearTimeout(timer);
-      connection.close();
-      this.openCount--;
+    const idle = this.idle.splice(0);
+    for (const pooled of idle) {
+      clearInterval(pooled.renewTimer);
+      clearTimeout(pooled.idleTimer);
+      pooled.connection.close();
     }
+    await Promise.all(idle.map((p) => this.options.lease.release(p.leaseId).catch(() => {})));
   }
 }

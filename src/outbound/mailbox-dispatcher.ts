@@ -1,11 +1,14 @@
-import { type Job, UnrecoverableError, Worker } from "bullmq";
+import { DelayedError, type Job, UnrecoverableError, Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Limits } from "../config/schema.js";
+import type { ConnectionLeases } from "../limits/connection-leases.js";
+import type { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import type { MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
-import { classifyReply } from "./classify-reply.js";
-import { ConnectionPool } from "./connection-pool.js";
+import { type Classification, classifyReply } from "./classify-reply.js";
+import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
+import type { MailboxPauses } from "./mailbox-pauses.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
 import {
   type UpstreamConfig,
@@ -22,34 +25,52 @@ export interface MailboxDispatcherOptions {
   retry: RetryConfig;
   hostname: string;
   spool: Spool;
+  leases: ConnectionLeases;
+  /** Lease lifetime, ms; leases are renewed every third of it. */
+  leaseTtlMs: number;
+  budget: MailboxBudget;
+  pauses: MailboxPauses;
   /** A connection for BullMQ (it duplicates it for blocking reads). */
   connection: Redis;
   logger: Logger;
 }
 
-/** Recipients the upstream refused with 4xx: the message is retried for them only. */
-class RetryRecipients extends Error {
+/** Recipients the upstream deferred (4xx at RCPT): the message is retried for them only. */
+class RecipientsDeferred extends Error {
   constructor(readonly replies: string[]) {
     super(`recipients deferred by the upstream: ${replies.join("; ")}`);
-    this.name = "RetryRecipients";
+    this.name = "RecipientsDeferred";
   }
 }
 
-/** Takes one mailbox's queued mail and delivers it upstream, reusing connections. */
+const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
+
+/**
+ * Takes one mailbox's queued mail and delivers it upstream inside the mailbox's limits: a cluster-wide lease per
+ * open connection, sliding-window budgets per message, batches of at most recipientsPerMessage, and the reply
+ * table's verdict on every failure. Waiting (budget spent, no free slot, mailbox paused) never spends an attempt.
+ */
 export class MailboxDispatcher {
   private readonly worker: Worker<MessageJob>;
   private readonly pool: ConnectionPool;
   private readonly logger: Logger;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
-    const { mailbox, limits, upstream, spool, retry } = options;
+    const { mailbox, limits, upstream, spool, retry, leases } = options;
     this.logger = options.logger.child({ mailbox });
     const tls = upstreamTlsOptions(upstream);
     this.pool = new ConnectionPool({
       maxConnections: limits.connections,
       idleTimeout: upstream.idleTimeout,
       maxMessagesPerConnection: upstream.maxMessagesPerConnection,
+      leaseWaitMs: 5_000,
       logger: this.logger,
+      lease: {
+        acquire: () => leases.acquire(mailbox, limits.connections),
+        renew: (id) => leases.renew(mailbox, id),
+        release: (id) => leases.release(mailbox, id),
+        renewEveryMs: Math.max(100, Math.floor(options.leaseTtlMs / 3)),
+      },
       open: async () => {
         const connection = new UpstreamConnection(
           upstream,
@@ -66,7 +87,7 @@ export class MailboxDispatcher {
         return connection;
       },
     });
-    this.worker = new Worker<MessageJob>(spool.queueName(mailbox), (job) => this.deliver(job), {
+    this.worker = new Worker<MessageJob>(spool.queueName(mailbox), (job, token) => this.deliver(job, token), {
       connection: options.connection,
       prefix: spool.prefix,
       concurrency: limits.connections,
@@ -75,85 +96,192 @@ export class MailboxDispatcher {
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));
   }
 
-  private async deliver(job: Job<MessageJob>): Promise<void> {
-    const { spool, retry, mailbox } = this.options;
-    const data = job.data;
-    const log = {
-      id: data.id,
-      messageId: data.messageId,
-      client: data.client,
+  /** Puts the job back to wait `delayMs` without spending an attempt. */
+  private async hold(job: Job<MessageJob>, token: string | undefined, delayMs: number): Promise<never> {
+    await job.moveToDelayed(Date.now() + Math.max(0, delayMs), token);
+    throw new DelayedError();
+  }
+
+  private async deliver(job: Job<MessageJob>, token?: string): Promise<void> {
+    const { spool, retry, mailbox, limits, budget, pauses } = this.options;
+    const log = () => ({
+      id: job.data.id,
+      messageId: job.data.messageId,
+      client: job.data.client,
       mailbox,
       attempt: job.attemptsMade + 1,
-    };
-    if (Date.now() - data.receivedAt > retry.maxAge) {
-      this.logger.error({ ...log, event: "failed" }, "message expired: not delivered within retry.maxAge");
+    });
+    if (Date.now() - job.data.receivedAt > retry.maxAge) {
+      this.logger.error({ ...log(), event: "failed" }, "message expired: not delivered within retry.maxAge");
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
-    const body = await spool.readBody(data.id);
+    const pause = await pauses.get(mailbox);
+    if (pause) {
+      this.logger.debug({ ...log(), event: "deferred", pause: pause.kind }, "mailbox paused: message waits");
+      return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
+    }
+    const body = await spool.readBody(job.data.id);
     if (!body) {
       this.logger.error(
-        { ...log },
+        log(),
         "message body missing: the submission was never acknowledged; dropping the job",
       );
       return;
     }
-    let connection: UpstreamConnection | undefined;
-    let healthy = false;
-    try {
-      connection = await this.pool.acquire();
-      const result = await connection.send(mailbox, data.recipients, body);
-      healthy = true;
-      const deferred = result.rejected.filter((r) => (r.responseCode ?? 400) < 500);
-      const refused = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
-      const next: MessageJob = {
-        ...data,
-        recipients: deferred.map((r) => r.recipient),
-        delivered: [...data.delivered, ...result.accepted],
-        refused: [...data.refused, ...refused.map((r) => ({ recipient: r.recipient, reply: r.response }))],
-      };
-      await job.updateData(next);
-      if (deferred.length) throw new RetryRecipients(deferred.map((r) => `${r.recipient}: ${r.response}`));
-      await spool.removeBody(data.id);
-      this.logger.info(
-        {
-          ...log,
-          event: "delivered",
-          reply: result.response,
-          accepted: result.accepted.length,
-          refused: next.refused.length,
-        },
-        "message delivered",
+    const deferred: string[] = [];
+    while (job.data.recipients.length) {
+      const batchSize = Math.min(
+        job.data.batchSize ?? limits.recipientsPerMessage,
+        limits.recipientsPerMessage,
       );
-    } catch (err) {
-      if (err instanceof RetryRecipients) {
-        this.logger.warn(
-          { ...log, event: "deferred", reply: err.replies },
-          "some recipients deferred: retrying them later",
+      const batch = job.data.recipients.slice(0, batchSize);
+      const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
+      const decision = await budget.take(mailbox, { id: takeId, recipients: batch.length }, limits);
+      if (!decision.ok) {
+        if (decision.retryInMs < 0) {
+          throw new UnrecoverableError(
+            `a batch of ${batch.length} recipients can never fit ${decision.budget} = ${decision.limit}: raise the limit or lower recipientsPerMessage`,
+          );
+        }
+        this.logger.info(
+          {
+            ...log(),
+            event: "deferred",
+            budget: decision.budget,
+            used: decision.used,
+            limit: decision.limit,
+            waitMs: decision.retryInMs,
+          },
+          `mailbox budget ${decision.budget} spent: message waits until the window frees`,
         );
-        throw err;
+        return this.hold(job, token, decision.retryInMs + 50);
       }
-      const upstreamError = err as UpstreamError;
-      healthy = upstreamError.responseCode !== undefined && upstreamError.code !== "ECONNECTION";
-      const verdict = classifyReply(upstreamError);
-      if (verdict.action === "fail") {
-        this.logger.error(
-          { ...log, event: "failed", reply: verdict.reply, hint: verdict.hint },
-          "message failed permanently",
+      let connection: UpstreamConnection | undefined;
+      let healthy = false;
+      try {
+        connection = await this.pool.acquire();
+        const result = await connection.send(mailbox, batch, body);
+        healthy = true;
+        const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
+        const deferredNow = result.rejected.filter((r) => (r.responseCode ?? 400) < 500);
+        deferred.push(...deferredNow.map((r) => `${r.recipient}: ${r.response}`));
+        await job.updateData({
+          ...job.data,
+          recipients: job.data.recipients.slice(batch.length),
+          delivered: [...job.data.delivered, ...result.accepted],
+          refused: [
+            ...job.data.refused,
+            ...refusedNow.map((r) => ({ recipient: r.recipient, reply: r.response })),
+          ],
+          deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
+        });
+        this.logger.info(
+          {
+            ...log(),
+            event: "batch-delivered",
+            reply: result.response,
+            accepted: result.accepted.length,
+            refused: refusedNow.length,
+            deferred: deferredNow.length,
+          },
+          "upstream accepted the message",
         );
-        throw new UnrecoverableError(verdict.reply);
+      } catch (err) {
+        await budget.refund(mailbox, takeId).catch(() => {});
+        if (err instanceof NoConnectionSlot) {
+          this.logger.debug(log(), "no free upstream connection slot: message waits");
+          return this.hold(job, token, jitter(500));
+        }
+        const upstreamError = err as UpstreamError;
+        healthy =
+          upstreamError.responseCode !== undefined &&
+          upstreamError.responseCode < 500 &&
+          upstreamError.code !== "ECONNECTION";
+        await this.onFailure(job, token, batch.length, classifyReply(upstreamError), log());
+      } finally {
+        if (connection) this.pool.release(connection, healthy);
       }
+    }
+    const remaining = job.data.deferred ?? [];
+    if (remaining.length) {
+      await job.updateData({ ...job.data, recipients: remaining, deferred: [] });
       this.logger.warn(
-        { ...log, event: "deferred", reply: verdict.reply, category: verdict.category },
-        "delivery deferred",
+        { ...log(), event: "deferred", reply: deferred },
+        "some recipients deferred: retrying them later",
       );
-      throw err;
-    } finally {
-      if (connection) this.pool.release(connection, healthy);
+      throw new RecipientsDeferred(deferred);
+    }
+    await spool.removeBody(job.data.id);
+    this.logger.info(
+      {
+        ...log(),
+        event: "delivered",
+        delivered: job.data.delivered.length,
+        refused: job.data.refused.length,
+      },
+      job.data.refused.length ? "message delivered; some recipients refused" : "message delivered",
+    );
+  }
+
+  /** Acts on the reply table's verdict; always throws (hold, retry or fail). */
+  private async onFailure(
+    job: Job<MessageJob>,
+    token: string | undefined,
+    batchLength: number,
+    verdict: Classification,
+    log: Record<string, unknown>,
+  ): Promise<never> {
+    const { mailbox, limits, leases, pauses, retry } = this.options;
+    const context = { ...log, reply: verdict.reply, category: verdict.category };
+    switch (verdict.action) {
+      case "reduce-connections": {
+        const effective = await leases.reduce(mailbox, limits.connections);
+        this.logger.warn(
+          { ...context, event: "deferred", connections: effective },
+          "432 from upstream: fewer connections for a cool-down",
+        );
+        return this.hold(job, token, jitter(1_000));
+      }
+      case "split-batch": {
+        const batchSize = Math.max(1, Math.floor(batchLength / 2));
+        await job.updateData({ ...job.data, batchSize });
+        this.logger.warn(
+          { ...context, event: "deferred", batchSize },
+          "upstream wants fewer recipients per message: resending in smaller batches",
+        );
+        return this.hold(job, token, 0);
+      }
+      case "park-quota": {
+        const parkMs = 3600_000;
+        if (await pauses.pause(mailbox, "quota", verdict.reply, parkMs)) {
+          this.logger.error(
+            { ...context, event: "paused", hint: verdict.hint, forMs: parkMs },
+            "mailbox parked: daily quota spent upstream",
+          );
+        }
+        return this.hold(job, token, parkMs);
+      }
+      case "pause-auth": {
+        const pauseMs = retry.authRetryInterval;
+        if (await pauses.pause(mailbox, "auth", `${verdict.reply} — ${verdict.hint ?? ""}`, pauseMs)) {
+          this.logger.error(
+            { ...context, event: "paused", hint: verdict.hint, forMs: pauseMs },
+            "mailbox paused: upstream authentication failed",
+          );
+        }
+        return this.hold(job, token, pauseMs + jitter(1_000));
+      }
+      case "fail":
+        this.logger.error({ ...context, event: "failed", hint: verdict.hint }, "message failed permanently");
+        throw new UnrecoverableError(verdict.reply);
+      default:
+        this.logger.warn({ ...context, event: "deferred" }, "delivery deferred");
+        throw Object.assign(new Error(verdict.reply), { name: "UpstreamDeferred" });
     }
   }
 
   async close(): Promise<void> {
     await this.worker.close();
-    this.pool.close();
+    await this.pool.close();
   }
 }

@@ -14,6 +14,10 @@ export interface MessageJob {
   delivered: string[];
   /** Recipients the upstream refused permanently, with its reply. */
   refused: { recipient: string; reply: string }[];
+  /** Recipients deferred (4xx) during the current attempt; they become `recipients` for the next one. */
+  deferred?: string[];
+  /** Recipients per upstream transaction, when the upstream asked for fewer (452 4.5.3). */
+  batchSize?: number;
   size: number;
   messageId?: string;
   remoteAddress: string;

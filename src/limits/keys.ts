@@ -1,0 +1,21 @@
+/**
+ * Key names of the cluster-wide limits, one place. The mailbox sits in a `{hash tag}` so that all keys of
+ * one mailbox land in the same Redis Cluster slot, as a Lua script touching several of them requires.
+ */
+export function limitKeys(prefix: string, mailbox: string) {
+  const base = `${prefix}:limits:{${mailbox}}`;
+  return {
+    /** ZSET lease id -> expiry (ms, Redis clock). */
+    leases: `${base}:leases`,
+    /** HASH `level`, `changedAt`: the effective connection limit after a 432, and when it last changed. */
+    concurrency: `${base}:concurrency`,
+    /** ZSET take id -> time of the take (ms, Redis clock), one entry per message. */
+    messages: `${base}:messages`,
+    /** ZSET take id -> time of the take (ms, Redis clock), for the recipient window. */
+    recipients: `${base}:recipients`,
+    /** HASH take id -> recipients of that take. */
+    recipientCosts: `${base}:recipients:cost`,
+    /** STRING: sum of recipientCosts over the entries still in `recipients`. */
+    recipientTotal: `${base}:recipients:total`,
+  };
+}

@@ -1,0 +1,128 @@
+import type { Redis } from "ioredis";
+import { requireNonEmpty, requirePositiveInteger } from "./arguments.js";
+import { limitKeys } from "./keys.js";
+import { LuaScript } from "./lua-script.js";
+
+export interface MailboxBudgetOptions {
+  /**
+   * Length of the "per minute" window, ms. Default 60 000. Only tests should change it, to watch the
+   * window slide without waiting a real minute.
+   */
+  minuteMs?: number;
+  /** Length of the "per day" window, ms. Default 86 400 000 (24 hours). Only tests should change it. */
+  dayMs?: number;
+}
+
+export interface BudgetLimits {
+  messagesPerMinute: number;
+  recipientsPerDay: number;
+}
+
+export interface BudgetRequest {
+  /** Names this take for refund(). Unique per attempt (e.g. job id + attempt); a recorded id is replaced. */
+  id: string;
+  /** Envelope recipients of the message (at least 1). */
+  recipients: number;
+}
+
+export type BudgetName = "messagesPerMinute" | "recipientsPerDay";
+
+export type BudgetDecision =
+  | { ok: true }
+  | {
+      ok: false;
+      /** The budget that holds the request back (the one that frees later, when both do). */
+      budget: BudgetName;
+      /** ms until enough of that window has freed for this request; -1 = never (larger than the limit). */
+      retryInMs: number;
+      /** What the window holds now (messages or recipients). */
+      used: number;
+      limit: number;
+    };
+
+export interface BudgetUsage {
+  messagesLastMinute: number;
+  recipientsLastDay: number;
+}
+
+const TAKE = LuaScript.load("budget-take");
+const REFUND = LuaScript.load("budget-refund");
+const USAGE = LuaScript.load("budget-usage");
+
+/**
+ * Exact sliding-window budgets per mailbox, shared by all relay processes through Redis: messages per
+ * minute and recipients per 24 hours. Each take is a ZSET entry scored by Redis's clock; a running
+ * recipient total is decremented as entries expire, so a take costs O(log n + expired entries).
+ */
+export class MailboxBudget {
+  private readonly minuteMs: number;
+  private readonly dayMs: number;
+
+  constructor(
+    private readonly redis: Redis,
+    private readonly prefix: string,
+    options: MailboxBudgetOptions = {},
+  ) {
+    this.minuteMs = options.minuteMs ?? 60_000;
+    this.dayMs = options.dayMs ?? 86_400_000;
+    requirePositiveInteger("minuteMs", this.minuteMs);
+    requirePositiveInteger("dayMs", this.dayMs);
+  }
+
+  /**
+   * Takes one message and `request.recipients` recipients from the mailbox's windows, both or neither.
+   * When refused nothing is recorded and the decision says which budget holds and for how long.
+   */
+  async take(mailbox: string, request: BudgetRequest, limits: BudgetLimits): Promise<BudgetDecision> {
+    requireNonEmpty("request.id", request.id);
+    requirePositiveInteger("request.recipients", request.recipients);
+    requirePositiveInteger("limits.messagesPerMinute", limits.messagesPerMinute);
+    requirePositiveInteger("limits.recipientsPerDay", limits.recipientsPerDay);
+    const reply = await TAKE.run(this.redis, this.windowKeys(mailbox), [
+      request.id,
+      request.recipients,
+      limits.messagesPerMinute,
+      limits.recipientsPerDay,
+      this.minuteMs,
+      this.dayMs,
+    ]);
+    return parseDecision(reply);
+  }
+
+  /** Gives a take's message and recipients back (it was not sent after all). Unknown ids are ignored. */
+  async refund(mailbox: string, id: string): Promise<void> {
+    requireNonEmpty("id", id);
+    await REFUND.run(this.redis, this.windowKeys(mailbox), [id]);
+  }
+
+  /** What the mailbox's windows hold right now, across all processes. */
+  async usage(mailbox: string): Promise<BudgetUsage> {
+    const reply = await USAGE.run(this.redis, this.windowKeys(mailbox), [this.minuteMs, this.dayMs]);
+    if (!Array.isArray(reply) || reply.length !== 2) throw new Error(`budget-usage.lua: unexpected reply`);
+    return { messagesLastMinute: Number(reply[0]), recipientsLastDay: Number(reply[1]) };
+  }
+
+  private windowKeys(mailbox: string): string[] {
+    requireNonEmpty("mailbox", mailbox);
+    const keys = limitKeys(this.prefix, mailbox);
+    return [keys.messages, keys.recipients, keys.recipientCosts, keys.recipientTotal];
+  }
+}
+
+function parseDecision(reply: unknown): BudgetDecision {
+  if (Array.isArray(reply) && reply[0] === 1) return { ok: true };
+  if (Array.isArray(reply) && reply.length === 5 && isBudgetName(reply[1])) {
+    return {
+      ok: false,
+      budget: reply[1],
+      retryInMs: Number(reply[2]),
+      used: Number(reply[3]),
+      limit: Number(reply[4]),
+    };
+  }
+  throw new Error(`budget-take.lua: unexpected reply ${JSON.stringify(reply)}`);
+}
+
+function isBudgetName(value: unknown): value is BudgetName {
+  return value === "messagesPerMinute" || value === "recipientsPerDay";
+}
