@@ -52,10 +52,10 @@ function expectTraceHeaderOnly(delivered: Buffer, submitted: Buffer) {
 
 beforeAll(async () => {
   pki = await createTestPki();
-  const upstreamCert = pki.issue(["127.0.0.1", "localhost"]);
+  const upstreamCert = await pki.issue(["127.0.0.1", "localhost"]);
   upstream = await startFakeUpstream({ tls: upstreamCert, users: { [MAILBOX]: MAILBOX_PASSWORD } });
   caFile = tempFile("ca.pem", pki.ca);
-  const relayCert = pki.issue(["relay.test", "127.0.0.1"]);
+  const relayCert = await pki.issue(["relay.test", "127.0.0.1"]);
   relayTls = { cert: tempFile("relay.crt", relayCert.cert), key: tempFile("relay.key", relayCert.key) };
 });
 
@@ -346,7 +346,7 @@ describe("delivery outcomes", () => {
 
   it("sends nothing to an upstream that does not offer STARTTLS, and keeps the mail", async () => {
     const plain = await startFakeUpstream({
-      tls: pki.issue(["127.0.0.1"]),
+      tls: await pki.issue(["127.0.0.1"]),
       offerStartTls: false,
       users: { [MAILBOX]: MAILBOX_PASSWORD },
     });

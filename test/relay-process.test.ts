@@ -36,7 +36,10 @@ let port: number;
 
 beforeAll(async () => {
   const pki = await createTestPki();
-  upstream = await startFakeUpstream({ tls: pki.issue(["127.0.0.1"]), users: { [MAILBOX]: "mailbox-pass" } });
+  upstream = await startFakeUpstream({
+    tls: await pki.issue(["127.0.0.1"]),
+    users: { [MAILBOX]: "mailbox-pass" },
+  });
   port = await findFreePort();
   const dataDir = mkdtempSync(join(tmpdir(), "sluice-proc-"));
   configFile = join(dataDir, "sluice.yaml");

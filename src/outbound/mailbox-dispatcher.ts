@@ -6,7 +6,7 @@ import type { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import type { MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
-import { type Classification, classifyReply } from "./classify-reply.js";
+import { type Classification, classifyReply, enhancedCodeOf } from "./classify-reply.js";
 import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
 import type { MailboxPauses } from "./mailbox-pauses.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
@@ -163,11 +163,20 @@ export class MailboxDispatcher {
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
         const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
-        const deferredNow = result.rejected.filter((r) => (r.responseCode ?? 400) < 500);
+        // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
+        const tooMany = result.rejected.filter((r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3");
+        const deferredNow = result.rejected.filter((r) => (r.responseCode ?? 400) < 500 && !tooMany.includes(r));
         deferred.push(...deferredNow.map((r) => `${r.recipient}: ${r.response}`));
+        if (tooMany.length) {
+          this.logger.warn(
+            { ...log(), batchSize: result.accepted.length, reply: tooMany[0]?.response },
+            "upstream takes fewer recipients per message: the rest go in further batches",
+          );
+        }
         await job.updateData({
           ...job.data,
-          recipients: job.data.recipients.slice(batch.length),
+          batchSize: tooMany.length ? Math.max(1, result.accepted.length) : job.data.batchSize,
+          recipients: [...tooMany.map((r) => r.recipient), ...job.data.recipients.slice(batch.length)],
           delivered: [...job.data.delivered, ...result.accepted],
           refused: [
             ...job.data.refused,

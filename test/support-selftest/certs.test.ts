@@ -32,13 +32,13 @@ describe("test PKI", () => {
   });
 
   it("an issued certificate passes a real TLS handshake for its IP and DNS names when the CA is trusted", async () => {
-    const issued = pki.issue(["localhost", "127.0.0.1"]);
+    const issued = await pki.issue(["localhost", "127.0.0.1"]);
     expect(await handshake(issued, { ca: pki.ca })).toEqual({ ok: true });
     expect(await handshake(issued, { ca: pki.ca, servername: "localhost" })).toEqual({ ok: true });
   });
 
-  it("an issued certificate names its hosts in subjectAltName and is signed by the CA", () => {
-    const issued = new X509Certificate(pki.issue(["relay.test", "127.0.0.1", "::1"]).cert);
+  it("an issued certificate names its hosts in subjectAltName and is signed by the CA", async () => {
+    const issued = new X509Certificate((await pki.issue(["relay.test", "127.0.0.1", "::1"])).cert);
     expect(issued.subjectAltName).toBe("DNS:relay.test, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1");
     const ca = new X509Certificate(pki.ca);
     expect(ca.ca).toBe(true);
@@ -47,7 +47,7 @@ describe("test PKI", () => {
   });
 
   it("the handshake fails for a name the certificate does not carry", async () => {
-    const issued = pki.issue(["relay.test"]);
+    const issued = await pki.issue(["relay.test"]);
     expect(await handshake(issued, { ca: pki.ca })).toEqual({
       ok: false,
       code: "ERR_TLS_CERT_ALTNAME_INVALID",
@@ -55,7 +55,7 @@ describe("test PKI", () => {
   });
 
   it("the handshake fails against an expired certificate, whose validity ended yesterday", async () => {
-    const expired = pki.issue(["127.0.0.1"], { expired: true });
+    const expired = await pki.issue(["127.0.0.1"], { expired: true });
     const validTo = new Date(new X509Certificate(expired.cert).validTo).getTime();
     expect(Date.now() - validTo).toBeGreaterThan(23 * 60 * 60 * 1000);
     expect(Date.now() - validTo).toBeLessThan(25 * 60 * 60 * 1000);
@@ -64,7 +64,7 @@ describe("test PKI", () => {
 
   it("the handshake fails when the client trusts another CA", async () => {
     const other = await createTestPki();
-    const issued = pki.issue(["127.0.0.1"]);
+    const issued = await pki.issue(["127.0.0.1"]);
     const verdict = await handshake(issued, { ca: other.ca });
     expect(verdict.ok).toBe(false);
   });

@@ -42,7 +42,7 @@ async function session(extra: Partial<SubmissionOptions> = {}): Promise<Submissi
 beforeAll(async () => {
   pki = await createTestPki();
   upstream = await startFakeUpstream({
-    tls: pki.issue(["127.0.0.1", "localhost"]),
+    tls: await pki.issue(["127.0.0.1", "localhost"]),
     users: { [MAILBOX]: PASSWORD, [OTHER]: "other-pass" },
     oauth2: { validateToken: (user, token) => user.toLowerCase() === OTHER && token === "good-token" },
   });
@@ -206,7 +206,7 @@ describe("fake Exchange Online upstream", () => {
 
   it("delays replies as scripted and by replyDelayMs", async () => {
     const slow = await startFakeUpstream({
-      tls: pki.issue(["127.0.0.1"]),
+      tls: await pki.issue(["127.0.0.1"]),
       users: { [MAILBOX]: PASSWORD },
       replyDelayMs: 150,
     });
@@ -250,7 +250,7 @@ describe("fake Exchange Online upstream", () => {
 
   it("offers implicit TLS, and plain AUTH when it has no certificate", async () => {
     const implicit = await startFakeUpstream({
-      tls: pki.issue(["127.0.0.1"]),
+      tls: await pki.issue(["127.0.0.1"]),
       implicitTls: true,
       users: { [MAILBOX]: PASSWORD },
     });
