@@ -52,9 +52,10 @@ end
 -- ms until enough recipients have left the day window: walks the oldest entries until their costs cover it.
 local function recipientsRetryIn(used)
   local excess = used + wanted - perDay
-  local freed, start = 0, 0
+  -- Usually a few entries suffice: read a small page first, larger ones after.
+  local freed, start, page = 0, 0, 16
   while true do
-    local entries = redis.call("ZRANGE", KEYS[2], start, start + BATCH - 1, "WITHSCORES")
+    local entries = redis.call("ZRANGE", KEYS[2], start, start + page - 1, "WITHSCORES")
     -- Only if the total disagrees with the entries: wait a whole window rather than say "never".
     if #entries == 0 then return dayMs end
     local ids = {}
@@ -64,7 +65,8 @@ local function recipientsRetryIn(used)
       freed = freed + (tonumber(costs[i]) or 0)
       if freed >= excess then return tonumber(entries[2 * i]) + dayMs - now end
     end
-    start = start + BATCH
+    start = start + page
+    page = math.min(page * 2, BATCH)
   end
 end
 

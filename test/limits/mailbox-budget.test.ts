@@ -1,0 +1,213 @@
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Redis } from "ioredis";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { MailboxBudget } from "../../src/limits/mailbox-budget.js";
+
+const redisUrl = inject("redisUrl");
+const MAILBOX = "app.alerts@example.org";
+const GENEROUS = { messagesPerMinute: 1_000_000, recipientsPerDay: 1_000_000 };
+
+function uniquePrefix(): string {
+  return `test-${randomUUID()}`;
+}
+
+function take(recipients = 1) {
+  return { id: randomUUID(), recipients };
+}
+
+describe("mailbox budget", () => {
+  let redis: Redis;
+  beforeAll(() => {
+    redis = new Redis(redisUrl);
+  });
+  afterAll(async () => {
+    await redis.quit();
+  });
+
+  it("lets exactly messagesPerMinute messages through and says when the next one fits", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const limits = { messagesPerMinute: 20, recipientsPerDay: 10_000 };
+    for (let i = 0; i < 20; i++) {
+      expect(await budget.take(MAILBOX, take(), limits)).toEqual({ ok: true });
+    }
+    const refused = await budget.take(MAILBOX, take(), limits);
+    expect(refused).toMatchObject({ ok: false, budget: "messagesPerMinute", used: 20, limit: 20 });
+    if (refused.ok) throw new Error("unreachable");
+    expect(refused.retryInMs).toBeGreaterThan(0);
+    expect(refused.retryInMs).toBeLessThanOrEqual(60_000);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 20, recipientsLastDay: 20 });
+  });
+
+  it("counts takes from several connections against one shared budget", async () => {
+    const prefix = uniquePrefix();
+    const clients = Array.from({ length: 5 }, () => new Redis(redisUrl));
+    try {
+      const limits = { messagesPerMinute: 30, recipientsPerDay: 10_000 };
+      const decisions = await Promise.all(
+        Array.from({ length: 60 }, (_, i) =>
+          new MailboxBudget(clients[i % clients.length] as Redis, prefix).take(MAILBOX, take(), limits),
+        ),
+      );
+      expect(decisions.filter((decision) => decision.ok)).toHaveLength(30);
+    } finally {
+      await Promise.all(clients.map((client) => client.quit()));
+    }
+  });
+
+  it("refuses the recipients that do not fit in the day: two takes of 20 fit in 50, the third does not", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const limits = { messagesPerMinute: 30, recipientsPerDay: 50 };
+    expect((await budget.take(MAILBOX, take(20), limits)).ok).toBe(true);
+    expect((await budget.take(MAILBOX, take(20), limits)).ok).toBe(true);
+    const refused = await budget.take(MAILBOX, take(20), limits);
+    expect(refused).toMatchObject({ ok: false, budget: "recipientsPerDay", used: 40, limit: 50 });
+    if (refused.ok) throw new Error("unreachable");
+    expect(refused.retryInMs).toBeGreaterThan(0);
+    expect(refused.retryInMs).toBeLessThanOrEqual(86_400_000);
+    expect((await budget.take(MAILBOX, take(10), limits)).ok).toBe(true);
+  });
+
+  it("makes room again when a take is refunded", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const limits = { messagesPerMinute: 2, recipientsPerDay: 50 };
+    const first = take(30);
+    expect((await budget.take(MAILBOX, first, limits)).ok).toBe(true);
+    expect((await budget.take(MAILBOX, take(20), limits)).ok).toBe(true);
+    expect(await budget.take(MAILBOX, take(5), limits)).toMatchObject({ ok: false });
+    await budget.refund(MAILBOX, first.id);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 20 });
+    expect((await budget.take(MAILBOX, take(30), limits)).ok).toBe(true);
+    await budget.refund(MAILBOX, "never-taken");
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 2, recipientsLastDay: 50 });
+  });
+
+  it("answers retryInMs -1 for a request larger than the whole day's limit, and records nothing", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const decision = await budget.take(MAILBOX, take(600), { messagesPerMinute: 30, recipientsPerDay: 500 });
+    expect(decision).toEqual({ ok: false, budget: "recipientsPerDay", retryInMs: -1, used: 0, limit: 500 });
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+  });
+
+  it("records no message when the recipients do not fit", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const limits = { messagesPerMinute: 30, recipientsPerDay: 10 };
+    expect((await budget.take(MAILBOX, take(8), limits)).ok).toBe(true);
+    expect(await budget.take(MAILBOX, take(5), limits)).toMatchObject({ budget: "recipientsPerDay" });
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 8 });
+  });
+
+  it("records no recipients when the message does not fit", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const limits = { messagesPerMinute: 1, recipientsPerDay: 100 };
+    expect((await budget.take(MAILBOX, take(3), limits)).ok).toBe(true);
+    expect(await budget.take(MAILBOX, take(7), limits)).toMatchObject({ budget: "messagesPerMinute" });
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 3 });
+  });
+
+  it("names the budget that frees later when both are full", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix(), { minuteMs: 1_000, dayMs: 10_000 });
+    const limits = { messagesPerMinute: 1, recipientsPerDay: 5 };
+    expect((await budget.take(MAILBOX, take(5), limits)).ok).toBe(true);
+    const refused = await budget.take(MAILBOX, take(1), limits);
+    expect(refused).toMatchObject({ ok: false, budget: "recipientsPerDay" });
+    if (refused.ok) throw new Error("unreachable");
+    expect(refused.retryInMs).toBeGreaterThan(1_000);
+  });
+
+  it("slides the minute window: the refused message fits exactly when the oldest take leaves it", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix(), { minuteMs: 600 });
+    const limits = { messagesPerMinute: 2, recipientsPerDay: 10_000 };
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    await sleep(300);
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    const refused = await budget.take(MAILBOX, take(), limits);
+    if (refused.ok) throw new Error("expected a refusal");
+    // The first take is about 300 ms old: it leaves the 600 ms window in about 300 ms, not 600.
+    expect(refused.retryInMs).toBeGreaterThan(150);
+    expect(refused.retryInMs).toBeLessThanOrEqual(300);
+    await sleep(refused.retryInMs + 20);
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    // The second take is still in the window: the next one waits again.
+    expect(await budget.take(MAILBOX, take(), limits)).toMatchObject({
+      ok: false,
+      budget: "messagesPerMinute",
+    });
+  });
+
+  it("slides the day window: recipients come back as old takes expire, oldest first", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix(), { minuteMs: 100, dayMs: 800 });
+    const limits = { messagesPerMinute: 100, recipientsPerDay: 50 };
+    expect((await budget.take(MAILBOX, take(10), limits)).ok).toBe(true);
+    await sleep(300);
+    expect((await budget.take(MAILBOX, take(30), limits)).ok).toBe(true);
+    expect((await budget.take(MAILBOX, take(10), limits)).ok).toBe(true);
+    // 50 used; 25 more needs the 10 and the 30 to leave: the wait is set by the second take.
+    const refused = await budget.take(MAILBOX, take(25), limits);
+    if (refused.ok) throw new Error("expected a refusal");
+    expect(refused.retryInMs).toBeGreaterThan(600);
+    expect(refused.retryInMs).toBeLessThanOrEqual(800);
+    await sleep(550);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 40 });
+    expect(await budget.take(MAILBOX, take(25), limits)).toMatchObject({ ok: false });
+    await sleep(refused.retryInMs - 550 + 20);
+    expect((await budget.take(MAILBOX, take(25), limits)).ok).toBe(true);
+  });
+
+  it("counts ten thousand takes in the day window exactly, and purges them all in one call once expired", async () => {
+    const prefix = uniquePrefix();
+    const budget = new MailboxBudget(redis, prefix, { minuteMs: 1_000, dayMs: 3_000 });
+    const limits = { messagesPerMinute: 1_000_000, recipientsPerDay: 10_000 };
+    const decisions = await Promise.all(
+      Array.from({ length: 10_000 }, () => budget.take(MAILBOX, take(), limits)),
+    );
+    expect(decisions.every((decision) => decision.ok)).toBe(true);
+
+    const refused = await budget.take(MAILBOX, take(), limits);
+    expect(refused).toMatchObject({ ok: false, budget: "recipientsPerDay", used: 10_000 });
+
+    await sleep(3_100);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 1 });
+  });
+
+  it("purges more expired takes than Lua can unpack at once, keeping the total exact", async () => {
+    const prefix = uniquePrefix();
+    const budget = new MailboxBudget(redis, prefix, { minuteMs: 1_000, dayMs: 2_000 });
+    await Promise.all(Array.from({ length: 9_000 }, () => budget.take(MAILBOX, take(), GENEROUS)));
+    await sleep(2_100);
+    expect((await budget.take(MAILBOX, take(7), GENEROUS)).ok).toBe(true);
+    expect(await redis.zcard(`${prefix}:limits:{${MAILBOX}}:recipients`)).toBe(1);
+    expect(await redis.hlen(`${prefix}:limits:{${MAILBOX}}:recipients:cost`)).toBe(1);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 7 });
+  });
+
+  it("sets key expiry so an idle mailbox leaves nothing behind", async () => {
+    const prefix = uniquePrefix();
+    const budget = new MailboxBudget(redis, prefix, { minuteMs: 100, dayMs: 300 });
+    await budget.take(MAILBOX, take(3), GENEROUS);
+    const keys = await redis.keys(`${prefix}:*`);
+    expect(keys).toHaveLength(4);
+    for (const key of keys) expect(await redis.pttl(key)).toBeGreaterThan(0);
+    await sleep(400);
+    expect(await redis.keys(`${prefix}:*`)).toEqual([]);
+  });
+
+  it("replaces a take whose id is still recorded instead of counting it twice", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const again = take(4);
+    expect((await budget.take(MAILBOX, again, GENEROUS)).ok).toBe(true);
+    expect((await budget.take(MAILBOX, { id: again.id, recipients: 6 }, GENEROUS)).ok).toBe(true);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 6 });
+  });
+
+  it("rejects a request or limit that is not a positive whole number, naming it", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    await expect(budget.take(MAILBOX, take(0), GENEROUS)).rejects.toThrow(/request.recipients/);
+    await expect(
+      budget.take(MAILBOX, take(), { messagesPerMinute: Number.NaN, recipientsPerDay: 1 }),
+    ).rejects.toThrow(/messagesPerMinute/);
+    expect(() => new MailboxBudget(redis, "x", { dayMs: -1 })).toThrow(/dayMs/);
+  });
+});

@@ -1,0 +1,211 @@
+import { Redis } from "ioredis";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { MailboxPauses } from "../src/outbound/mailbox-pauses.js";
+import { createTestPki, type TestPki } from "./support/certs.js";
+import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
+import { startTestRelay, type TestRelay, tempFile, waitFor } from "./support/relay.js";
+import { buildMessage, submit } from "./support/smtp-client.js";
+
+const MAILBOX = "scanner@contoso.com";
+const OTHER = "reports@contoso.com";
+const redisUrl = inject("redisUrl");
+
+let pki: TestPki;
+let upstream: FakeUpstream;
+let caFile: string;
+const relays: TestRelay[] = [];
+
+async function relay(extra: Record<string, unknown> = {}) {
+  const started = await startTestRelay({
+    redis: redisUrl,
+    upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
+    mailboxes: { [MAILBOX]: { password: "pw1" }, [OTHER]: { password: "pw2" } },
+    clients: [
+      { name: "printers", networks: ["127.0.0.2/32"], mailbox: MAILBOX },
+      { name: "reports", networks: ["127.0.0.3/32"], mailbox: OTHER },
+    ],
+    ...extra,
+  });
+  relays.push(started);
+  return started;
+}
+
+function recipients(n: number, tag: string): string[] {
+  return Array.from({ length: n }, (_, i) => `${tag}${i}@example.com`);
+}
+
+function send(r: TestRelay, to: string[], from = "127.0.0.2") {
+  return submit({
+    port: r.port,
+    localAddress: from,
+    startTls: false,
+    from: "device@example.com",
+    to,
+    raw: buildMessage({ from: "device@example.com", to: to.slice(0, 3), subject: to[0] }),
+  });
+}
+
+beforeAll(async () => {
+  pki = await createTestPki();
+  upstream = await startFakeUpstream({
+    tls: await pki.issue(["127.0.0.1"]),
+    users: { [MAILBOX]: "pw1", [OTHER]: "pw2" },
+  });
+  caFile = tempFile("ca.pem", pki.ca);
+});
+
+afterAll(async () => {
+  await upstream?.stop();
+});
+
+beforeEach(() => upstream.reset());
+
+afterEach(async () => {
+  await Promise.all(relays.splice(0).map((r) => r.stop()));
+});
+
+describe("recipient batching", () => {
+  it("sends a 1,200-recipient message in 3 batches of at most 500, and a 4xx on one batch resends only that batch", async () => {
+    const r = await relay();
+    let transactions = 0;
+    upstream.script({
+      match: () => ++transactions === 2,
+      reply: { code: 451, message: "4.7.0 Temporary server error. Please try again later." },
+    });
+    const all = recipients(1200, "n");
+    expect((await send(r, all)).ok).toBe(true);
+    await waitFor(() => upstream.messages.flatMap((m) => m.rcptTo).length >= 1200, 20_000, "all recipients");
+    await new Promise((res) => setTimeout(res, 500));
+    const sizes = upstream.messages.map((m) => m.rcptTo.length);
+    expect(sizes).toEqual([500, 500, 200]);
+    const delivered = upstream.messages.flatMap((m) => m.rcptTo);
+    expect(new Set(delivered).size).toBe(1200);
+    expect(delivered).toHaveLength(1200);
+  });
+
+  it("moves recipients the upstream refuses with 452 4.5.3 into further batches without spending an attempt", async () => {
+    const r = await relay({ defaults: { limits: { recipientsPerMessage: 800 } } });
+    const all = recipients(1200, "b");
+    expect((await send(r, all)).ok).toBe(true);
+    await waitFor(() => upstream.messages.flatMap((m) => m.rcptTo).length >= 1200, 20_000, "all recipients");
+    expect(upstream.messages.map((m) => m.rcptTo.length)).toEqual([500, 500, 200]);
+    expect(new Set(upstream.messages.flatMap((m) => m.rcptTo)).size).toBe(1200);
+    expect(r.logs.some((l) => l.event === "delivered" && l.attempt === 1)).toBe(true);
+  });
+
+  it("retries only recipients deferred with 4xx, records 5xx refusals, and never resends accepted ones", async () => {
+    const r = await relay();
+    upstream.script(
+      {
+        at: "rcpt",
+        rcpt: "later@example.com",
+        reply: { code: 450, message: "4.2.1 Mailbox temporarily unavailable" },
+      },
+      {
+        at: "rcpt",
+        rcpt: "never@example.com",
+        reply: { code: 550, message: "5.1.10 RESOLVER.ADR.RecipientNotFound" },
+      },
+    );
+    const result = await send(r, ["ok@example.com", "later@example.com", "never@example.com"]);
+    expect(result.ok).toBe(true);
+    await waitFor(() => upstream.messages.length >= 2, 20_000, "two transactions");
+    await new Promise((res) => setTimeout(res, 500));
+    expect(upstream.messages.map((m) => m.rcptTo)).toEqual([["ok@example.com"], ["later@example.com"]]);
+    const delivered = r.logs.find((l) => l.event === "delivered");
+    expect(delivered).toMatchObject({ delivered: 2, refused: 1 });
+  });
+});
+
+describe("budgets", () => {
+  it("holds a mailbox's mail when its daily recipient budget is spent, and says which budget holds it", async () => {
+    const r = await relay({
+      mailboxes: {
+        [MAILBOX]: { password: "pw1", limits: { recipientsPerDay: 50 } },
+        [OTHER]: { password: "pw2" },
+      },
+    });
+    for (const tag of ["a", "b", "c"]) expect((await send(r, recipients(20, tag))).ok).toBe(true);
+    await waitFor(() => r.logs.some((l) => l.budget === "recipientsPerDay"), 20_000, "budget log line");
+    await new Promise((res) => setTimeout(res, 500));
+    expect(upstream.messages).toHaveLength(2);
+    expect(await r.spool.queue(MAILBOX).getDelayedCount()).toBe(1);
+    expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
+  });
+
+  it("sends at most messagesPerMinute in any sliding minute, and the held mail flows as the window frees", async () => {
+    const r = await relay({
+      mailboxes: {
+        [MAILBOX]: { password: "pw1", limits: { messagesPerMinute: 20 } },
+        [OTHER]: { password: "pw2" },
+      },
+    });
+    for (let i = 0; i < 24; i++) expect((await send(r, [`m${i}@example.com`])).ok).toBe(true);
+    await upstream.waitForMessages(20);
+    await new Promise((res) => setTimeout(res, 2_000));
+    expect(upstream.messages).toHaveLength(20);
+    const all = await upstream.waitForMessages(24, 90_000);
+    for (let i = 20; i < all.length; i++) {
+      expect((all[i]?.receivedAt ?? 0) - (all[i - 20]?.receivedAt ?? 0)).toBeGreaterThanOrEqual(59_000);
+    }
+  }, 120_000);
+});
+
+describe("independence and pauses", () => {
+  it("parks a mailbox whose daily quota is spent upstream while another mailbox's mail keeps flowing", async () => {
+    const r = await relay();
+    upstream.script({
+      match: (tx) => tx.user === MAILBOX,
+      reply: {
+        code: 554,
+        message:
+          "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception",
+      },
+    });
+    expect((await send(r, ["quota@example.com"])).ok).toBe(true);
+    await waitFor(() => r.logs.some((l) => l.event === "paused"), 20_000, "mailbox parked");
+    expect((await send(r, ["other@example.com"], "127.0.0.3")).ok).toBe(true);
+    const [delivered] = await upstream.waitForMessages(1);
+    expect(delivered?.user).toBe(OTHER);
+    const pauses = new MailboxPauses(new Redis(redisUrl), r.config.redisPrefix);
+    expect(await pauses.get(MAILBOX)).toMatchObject({ kind: "quota" });
+    expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
+    expect(await r.spool.queue(MAILBOX).getDelayedCount()).toBe(1);
+  });
+
+  it("pauses a mailbox whose password is refused, keeps its mail, and logs one actionable error", async () => {
+    const r = await relay({ mailboxes: { [MAILBOX]: { password: "wrong" }, [OTHER]: { password: "pw2" } } });
+    for (let i = 0; i < 5; i++) expect((await send(r, [`p${i}@example.com`])).ok).toBe(true);
+    await waitFor(
+      async () => (await r.spool.queue(MAILBOX).getDelayedCount()) === 5,
+      20_000,
+      "all five held",
+    );
+    const paused = r.logs.filter((l) => l.event === "paused");
+    expect(paused).toHaveLength(1);
+    expect(String(paused[0]?.hint)).toMatch(/password/);
+    expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
+    expect(upstream.authFailures).toBeLessThanOrEqual(3);
+  });
+});
+
+describe("connections", () => {
+  it("never opens more than the configured 3 connections, even with many messages at once", async () => {
+    const r = await relay({ defaults: { limits: { messagesPerMinute: 10_000 } } });
+    await Promise.all(Array.from({ length: 60 }, (_, i) => send(r, [`c${i}@example.com`])));
+    await upstream.waitForMessages(60);
+    expect(upstream.maxConcurrent(MAILBOX)).toBeLessThanOrEqual(3);
+    expect(upstream.count432(MAILBOX)).toBe(0);
+    expect(upstream.authCount(MAILBOX)).toBeLessThanOrEqual(6);
+  });
+
+  it("configured for 5 connections against Exchange's 3, adapts after 432s and still delivers everything once", async () => {
+    const r = await relay({ defaults: { limits: { connections: 5, messagesPerMinute: 10_000 } } });
+    await Promise.all(Array.from({ length: 60 }, (_, i) => send(r, [`f${i}@example.com`])));
+    const all = await upstream.waitForMessages(60, 40_000);
+    await new Promise((res) => setTimeout(res, 500));
+    expect(new Set(all.flatMap((m) => m.rcptTo)).size).toBe(60);
+    expect(upstream.messages).toHaveLength(60);
+    expect(r.logs.some((l) => l.category === "concurrent-connections")).toBe(true);
+  });
+});
