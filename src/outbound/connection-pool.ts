@@ -128,7 +128,10 @@ export class ConnectionPool {
       !pooled.leaseLost &&
       connection.usable &&
       connection.messagesSent < this.options.maxMessagesPerConnection;
-    if (!reuse) return this.discard(pooled);
+    if (!reuse) {
+      this.discard(pooled);
+      return;
+    }
     pooled.idleTimer = setTimeout(() => {
       const index = this.idle.indexOf(pooled);
       if (index !== -1) this.idle.splice(index, 1);

@@ -164,8 +164,12 @@ export class MailboxDispatcher {
         healthy = true;
         const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
         // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
-        const tooMany = result.rejected.filter((r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3");
-        const deferredNow = result.rejected.filter((r) => (r.responseCode ?? 400) < 500 && !tooMany.includes(r));
+        const tooMany = result.rejected.filter(
+          (r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3",
+        );
+        const deferredNow = result.rejected.filter(
+          (r) => (r.responseCode ?? 400) < 500 && !tooMany.includes(r),
+        );
         deferred.push(...deferredNow.map((r) => `${r.recipient}: ${r.response}`));
         if (tooMany.length) {
           this.logger.warn(

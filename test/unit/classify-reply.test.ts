@@ -9,7 +9,10 @@ function reply(response: string, code = "EENVELOPE") {
 describe("what an upstream reply means (Exchange Online's real reply texts)", () => {
   it.each([
     ["432 4.3.2 Concurrent connections limit exceeded.", "reduce-connections"],
-    ["432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]", "reduce-connections"],
+    [
+      "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname=AM0PR01MB1234]",
+      "reduce-connections",
+    ],
     ["421 4.3.2 Service not active", "retry"],
     ["451 4.7.0 Temporary server error. Please try again later. PRX4", "retry"],
     ["451 4.3.111 Temporary server error", "retry"],
@@ -33,21 +36,26 @@ describe("what an upstream reply means (Exchange Online's real reply texts)", ()
     ],
     ["554 5.2.2 mailbox full; STOREDRV.Submission.Exception:QuotaExceededException", "fail"],
     ["550 5.2.252 SendAsDenied; mailbox blocked for continuous errors", "fail"],
-    ["421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.", "retry"],
+    [
+      "421 4.7.66 TLS 1.0 and 1.1 are not supported. Please upgrade/update your client to support TLS 1.2.",
+      "retry",
+    ],
     ["550 5.7.233 Tenant external recipient limit exceeded", "fail"],
   ])("%s -> %s", (response, action) => {
     expect(classifyReply(reply(response)).action).toBe(action);
   });
 
   it("retries connection failures and TLS failures, even when they carry a reply code", () => {
-    expect(classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action).toBe(
-      "retry",
-    );
+    expect(
+      classifyReply(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNECTION" })).action,
+    ).toBe("retry");
     expect(classifyReply(reply("502 5.5.1 STARTTLS not available", "ETLS")).action).toBe("retry");
   });
 
   it("gives an actionable hint for SMTP AUTH being disabled", () => {
-    const verdict = classifyReply(reply("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"));
+    const verdict = classifyReply(
+      reply("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"),
+    );
     expect(verdict.hint).toMatch(/Set-CASMailbox .* -SmtpClientAuthenticationDisabled \$false/);
   });
 });
