@@ -1,4 +1,3 @@
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,28 +6,10 @@ import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import { findFreePort } from "./support/free-port.js";
 import { tempFile, waitFor } from "./support/relay.js";
+import { startRelayProcess } from "./support/relay-process.js";
 import { buildMessage, openRawSmtp, submit } from "./support/smtp-client.js";
 
 const MAILBOX = "scanner@contoso.com";
-const cli = join(import.meta.dirname, "../src/cli.ts");
-
-interface RelayProcess {
-  child: ChildProcess;
-  output: string[];
-  exited: Promise<number | null>;
-}
-
-function startRelayProcess(configFile: string, env: Record<string, string> = {}): RelayProcess {
-  const child = spawn("node", ["--import", "tsx", cli, "start", "--config", configFile], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  const output: string[] = [];
-  child.stdout?.on("data", (d) => output.push(...String(d).split("\n").filter(Boolean)));
-  child.stderr?.on("data", (d) => output.push(String(d)));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  return { child, output, exited };
-}
 
 let upstream: FakeUpstream;
 let configFile: string;
