@@ -207,5 +207,8 @@ describe("connections", () => {
     expect(new Set(all.flatMap((m) => m.rcptTo)).size).toBe(60);
     expect(upstream.messages).toHaveLength(60);
     expect(r.logs.some((l) => l.category === "concurrent-connections")).toBe(true);
+    // it lowers its own connection count instead of hammering: a handful of 432s, not one per message
+    expect(upstream.count432(MAILBOX)).toBeGreaterThan(0);
+    expect(upstream.count432(MAILBOX)).toBeLessThanOrEqual(6);
   });
 });

@@ -206,11 +206,15 @@ export class MailboxDispatcher {
           return this.hold(job, token, jitter(500));
         }
         const upstreamError = err as UpstreamError;
+        const verdict = classifyReply(upstreamError);
+        // reuse a connection only after a reply about this message; 421 and 432 condemn the connection itself
         healthy =
           upstreamError.responseCode !== undefined &&
-          upstreamError.responseCode < 500 &&
-          upstreamError.code !== "ECONNECTION";
-        await this.onFailure(job, token, batch.length, classifyReply(upstreamError), log());
+          upstreamError.responseCode !== 421 &&
+          upstreamError.code !== "ECONNECTION" &&
+          verdict.action !== "reduce-connections" &&
+          verdict.action !== "pause-auth";
+        await this.onFailure(job, token, batch.length, verdict, log());
       } finally {
         if (connection) this.pool.release(connection, healthy);
       }
