@@ -223,6 +223,26 @@ describe("the front door", () => {
 });
 
 describe("durability", () => {
+  it("warns at start when the external Redis keeps no append-only file or may evict keys", async () => {
+    const volatile = await startPrivateRedis({ appendOnly: false });
+    try {
+      const r = await relay({ redis: volatile.url });
+      const warnings = r.logs.filter((l) => l.level === 40).map((l) => l.msg);
+      expect(warnings.some((w) => /appendonly yes/.test(w))).toBe(true);
+      await r.stop();
+      const durable = await startPrivateRedis({ appendOnly: true });
+      try {
+        const ok = await relay({ redis: durable.url });
+        expect(ok.logs.some((l) => l.level === 40 && /appendonly/.test(l.msg))).toBe(false);
+      } finally {
+        await Promise.all(relays.splice(0).map((x) => x.stop()));
+        await durable.stop();
+      }
+    } finally {
+      await volatile.stop();
+    }
+  });
+
   it("answers 451 4.3.0 while Redis is down, and delivers everything acknowledged once it is back", async () => {
     const privateRedis = await startPrivateRedis();
     try {
