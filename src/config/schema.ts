@@ -183,7 +183,7 @@ export const configSchema = z
       .min(1_000)
       .default(30_000)
       .describe(
-        "lifetime of a connection lease unless renewed (ms): a killed relay's slots free up after this",
+        "lifetime of a connection lease and of a delivery's queue lock unless renewed (ms): a killed relay's connection slots and in-flight messages are taken over after this",
       ),
     defaults: z
       .object({ limits: limitsSchema.default(limitsSchema.parse({})) })

@@ -91,6 +91,9 @@ export class MailboxDispatcher {
       connection: options.connection,
       prefix: spool.prefix,
       concurrency: limits.connections,
+      // a relay that dies frees its connection slots after leaseTtl; its in-flight messages go back to the queue then too
+      lockDuration: options.leaseTtlMs,
+      stalledInterval: options.leaseTtlMs,
       settings: { backoffStrategy: (attemptsMade: number) => retryDelay(retry, attemptsMade) },
     });
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));

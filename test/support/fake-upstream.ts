@@ -40,6 +40,8 @@ export interface FakeUpstreamOptions {
   oauth2?: { validateToken(user: string, token: string): boolean };
   /** SIZE limit; larger messages get `552 5.3.4`. Default 35 MiB (Exchange Online's default). */
   maxMessageBytes?: number;
+  /** TCP port to listen on. Default: a free one (0). Give a stopped fake's port to replace it. */
+  port?: number;
   /** Recipients per message; more get `452 4.5.3 Too many recipients`. Default 500 (Exchange's default). */
   maxRecipients?: number;
   /** Host name in the greeting and EHLO reply. Default "fake-upstream.outlook.test". */
@@ -131,7 +133,7 @@ const STOP_GRACE_MS = 1000;
  */
 export async function startFakeUpstream(options: FakeUpstreamOptions): Promise<FakeUpstream> {
   const upstream = new FakeExchange(options);
-  await upstream.listen();
+  await upstream.listen(options.port ?? 0);
   return upstream;
 }
 
@@ -167,6 +169,7 @@ class FakeExchange implements FakeUpstream {
       maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
       maxRecipients: 500,
       name: "fake-upstream.outlook.test",
+      port: 0,
       ...withoutUndefined(options),
     };
     const { tls, offerStartTls, implicitTls } = this.settings;
@@ -192,7 +195,8 @@ class FakeExchange implements FakeUpstream {
     return this.faults.size;
   }
 
-  async listen(): Promise<void> {
+  async listen(port = this.listenPort): Promise<void> {
+    this.listenPort = port;
     const listener = net.createServer((socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
       listener.once("error", reject);
