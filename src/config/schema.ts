@@ -45,6 +45,30 @@ export const listenerSchema = z
       .boolean()
       .default(false)
       .describe("allow AUTH on a connection without TLS (old printers)"),
+    maxClients: z
+      .number()
+      .int()
+      .positive()
+      .default(200)
+      .describe("concurrent sessions on this listener; more get 421"),
+    maxClientsPerAddress: z
+      .number()
+      .int()
+      .positive()
+      .default(20)
+      .describe("concurrent sessions from one address; more get 421"),
+    socketTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(60_000)
+      .describe("close a session idle this long (ms)"),
+    maxSessionTime: z
+      .number()
+      .int()
+      .positive()
+      .default(600_000)
+      .describe("close a session open this long, even if it trickles data (ms)"),
   })
   .strict();
 
@@ -148,7 +172,7 @@ export const configSchema = z
     listen: z
       .array(listenerSchema)
       .min(1)
-      .default([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }]),
+      .default([listenerSchema.parse({ port: 2525 })]),
     tls: z
       .object({ cert: z.string().describe("PEM certificate file"), key: z.string().describe("PEM key file") })
       .strict()
@@ -177,6 +201,35 @@ export const configSchema = z
       .describe("ms to finish sessions and deliveries on SIGTERM"),
     upstream: upstreamSchema.default(upstreamSchema.parse({})),
     retry: retrySchema.default(retrySchema.parse({})),
+    authThrottle: z
+      .object({
+        maxFailures: z
+          .number()
+          .int()
+          .positive()
+          .default(5)
+          .describe("failed AUTH from one address before it is refused"),
+        windowMs: z
+          .number()
+          .int()
+          .positive()
+          .default(600_000)
+          .describe("window in which failures are counted (ms)"),
+        blockMs: z
+          .number()
+          .int()
+          .positive()
+          .default(900_000)
+          .describe("how long the address is refused (ms)"),
+        delayStepMs: z
+          .number()
+          .int()
+          .min(0)
+          .default(1_000)
+          .describe("extra delay per earlier failure (ms, max 5 s)"),
+      })
+      .strict()
+      .default({ maxFailures: 5, windowMs: 600_000, blockMs: 900_000, delayStepMs: 1_000 }),
     leaseTtl: z
       .number()
       .int()

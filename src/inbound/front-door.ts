@@ -14,6 +14,7 @@ import { newQueueId, type Spool } from "../spool/spool.js";
 import { isForwardableAddress } from "./addresses.js";
 import type { ClientPolicy } from "./client-policy.js";
 import { findMessageId, receivedHeader } from "./received-header.js";
+import { SessionGuard } from "./session-guard.js";
 import { preferOwnEnhancedStatusCodes, SmtpReply } from "./smtp-reply.js";
 
 export interface FrontDoorOptions {
@@ -36,9 +37,14 @@ export class FrontDoor {
   private readonly listeners: Listener[] = [];
   private closing = false;
   private inData = 0;
+  private readonly guard: SessionGuard;
+  /** Sessions admitted by the guard, with their start time. */
+  private readonly sessionStarts = new Map<string, { address: string; at: number }>();
+  private sweeper: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: FrontDoorOptions) {
     preferOwnEnhancedStatusCodes();
+    this.guard = new SessionGuard({ authThrottle: options.config.authThrottle });
   }
 
   async start(): Promise<void> {
@@ -65,7 +71,10 @@ export class FrontDoor {
         disableReverseLookup: true,
         closeTimeout: Math.min(config.shutdownTimeout, 5_000),
         logger: false,
-        onConnect: (session, callback) => this.onConnect(session, callback),
+        maxClients: listener.maxClients,
+        socketTimeout: listener.socketTimeout,
+        onConnect: (session, callback) => this.onConnect(listener, session, callback),
+        onClose: (session) => this.onClose(session),
         onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, callback),
         onMailFrom: (address, session, callback) => this.onMailFrom(address, session, callback),
         onRcptTo: (address, _session, callback) => this.onRcptTo(address, callback),
@@ -85,6 +94,7 @@ export class FrontDoor {
         });
       });
       this.listeners.push({ config: listener, server });
+      this.sweeper ??= setInterval(() => this.closeOverlongSessions(), 1_000).unref();
       this.options.logger.info(
         {
           host: listener.host,
@@ -108,6 +118,7 @@ export class FrontDoor {
   /** New sessions get 421 at once; messages in DATA finish (until the deadline); then the listeners close. */
   async stop(deadlineMs: number): Promise<void> {
     this.closing = true;
+    clearInterval(this.sweeper);
     const until = Date.now() + deadlineMs;
     while (this.inData > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
     await Promise.all(
@@ -116,9 +127,47 @@ export class FrontDoor {
     this.listeners.length = 0;
   }
 
-  private onConnect(_session: SMTPServerSession, callback: (err?: Error | null) => void) {
+  private onConnect(
+    listener: ListenerConfig,
+    session: SMTPServerSession,
+    callback: (err?: Error | null) => void,
+  ) {
     if (this.closing) return callback(new SmtpReply(421, "4.3.2", "Service shutting down, try again later"));
+    const refusal = this.guard.admit(session.remoteAddress, listener.maxClientsPerAddress);
+    if (refusal) {
+      this.options.logger.warn(
+        { remote: session.remoteAddress },
+        "refused: too many sessions from one address",
+      );
+      return callback(refusal);
+    }
+    this.sessionStarts.set(session.id, { address: session.remoteAddress, at: Date.now() });
     callback();
+  }
+
+  private onClose(session: SMTPServerSession) {
+    const started = this.sessionStarts.get(session.id);
+    if (!started) return;
+    this.sessionStarts.delete(session.id);
+    this.guard.leave(started.address);
+  }
+
+  /** Idle sessions time out in smtp-server; this also ends sessions that trickle data to stay alive. */
+  private closeOverlongSessions() {
+    const now = Date.now();
+    for (const { config, server } of this.listeners) {
+      for (const connection of server.connections) {
+        const started = this.sessionStarts.get(connection.id);
+        if (started && now - started.at > config.maxSessionTime) {
+          this.options.logger.info(
+            { remote: started.address },
+            "closing a session open longer than maxSessionTime",
+          );
+          connection.send(421, "4.4.2 Session too long, closing connection");
+          connection.close();
+        }
+      }
+    }
   }
 
   private onAuth(
@@ -136,14 +185,19 @@ export class FrontDoor {
         ),
       );
     }
+    const blocked = this.guard.authBlocked(session.remoteAddress);
+    if (blocked) return callback(blocked);
     const client = this.options.policy.authenticate(auth.username ?? "", auth.password ?? "");
     if (!client) {
+      const delay = this.guard.authFailed(session.remoteAddress);
       this.options.logger.warn(
-        { remote: session.remoteAddress, username: auth.username },
+        { remote: session.remoteAddress, username: auth.username, delayMs: delay },
         "authentication failed",
       );
-      return callback(new SmtpReply(535, "5.7.8", "Authentication credentials invalid"));
+      setTimeout(() => callback(new SmtpReply(535, "5.7.8", "Authentication credentials invalid")), delay);
+      return;
     }
+    this.guard.authSucceeded(session.remoteAddress);
     callback(null, { user: client.name });
   }
 

@@ -106,7 +106,7 @@ describe("configuration", () => {
     const dir = mkdtempSync(join(tmpdir(), "sluice-empty-"));
     const held = loadConfig({ env: {}, cwd: dir });
     expect(held.source).toBe("built-in defaults");
-    expect(held.config.listen).toEqual([
+    expect(held.config.listen).toMatchObject([
       { port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false },
     ]);
     expect(held.config.clients[0]?.networks).toEqual(["127.0.0.0/8", "::1/128"]);
