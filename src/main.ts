@@ -53,8 +53,21 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
   const logger = options.logger ?? createLogger();
   const hostname = config.hostname ?? osHostname();
   const cleanups: (() => Promise<void>)[] = [];
+  // each step gets what is left of shutdownTimeout (and at least 2 s), so a dead Redis cannot hang the stop
   const cleanup = async () => {
-    for (const step of cleanups.splice(0).reverse()) await step().catch(() => {});
+    const until = Date.now() + config.shutdownTimeout;
+    for (const step of cleanups.splice(0).reverse()) {
+      const budget = Math.max(2_000, until - Date.now());
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          logger.warn({ afterMs: budget }, "shutdown step did not finish in time: going on");
+          resolve();
+        }, budget);
+      });
+      await Promise.race([step().catch(() => {}), timedOut]);
+      clearTimeout(timer);
+    }
   };
   try {
     let embedded: EmbeddedRedis | undefined;
@@ -103,7 +116,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
         }),
     );
     cleanups.push(async () => {
-      await Promise.all(dispatchers.map((d) => d.close()));
+      await Promise.all(dispatchers.map((d) => d.close(config.shutdownTimeout)));
     });
     const frontDoor = new FrontDoor({ config, hostname, policy, spool, logger });
     cleanups.push(() => frontDoor.stop(config.shutdownTimeout));

@@ -300,8 +300,15 @@ export class MailboxDispatcher {
     }
   }
 
-  async close(): Promise<void> {
-    await this.worker.close();
+  /** Lets running deliveries finish (up to graceMs), then stops the worker and closes the connections. */
+  async close(graceMs = 30_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const graceful = this.worker.close().then(() => true);
+    const late = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), graceMs);
+    });
+    if (!(await Promise.race([graceful, late]))) await this.worker.close(true).catch(() => {});
+    clearTimeout(timer);
     await this.pool.close();
   }
 }

@@ -52,40 +52,18 @@ async function shutdownLeftover(path: string, logger: Logger): Promise<void> {
   for (let i = 0; i < 50 && (await ping(path, 1)); i++) await new Promise((r) => setTimeout(r, 100));
 }
 
-export async function startEmbeddedRedis(
-  dataDir: string,
-  logger: Logger,
-  /** The program to run; default redis-server from PATH. */
-  command = "redis-server",
-): Promise<EmbeddedRedis> {
-  const dir = resolve(dataDir, "redis");
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const socket = join(dir, "redis.sock");
-  await shutdownLeftover(socket, logger);
-  const args = [
-    "--port",
-    "0",
-    "--unixsocket",
-    socket,
-    "--unixsocketperm",
-    "700",
-    "--dir",
-    dir,
-    "--appendonly",
-    "yes",
-    "--appendfsync",
-    "always",
-    "--save",
-    "",
-    "--maxmemory-policy",
-    "noeviction",
-    "--daemonize",
-    "no",
-    "--loglevel",
-    "warning",
-    "--logfile",
-    join(dir, "redis.log"),
-  ];
+interface RunningServer {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+}
+
+/** Spawns redis-server and waits until it answers on the socket. */
+async function spawnServer(
+  command: string,
+  args: string[],
+  socket: string,
+  dir: string,
+): Promise<RunningServer> {
   const child: ChildProcess = spawn(command, args, { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr?.on("data", (chunk) => {
@@ -105,10 +83,61 @@ export async function startEmbeddedRedis(
     child.kill("SIGKILL");
     throw new Error(`embedded redis-server did not start (see ${join(dir, "redis.log")}): ${stderr.trim()}`);
   }
+  return { child, exited };
+}
+
+/**
+ * Starts the embedded redis-server and keeps it running: if it exits on its own (a full disk makes Redis exit
+ * rather than acknowledge an unwritten write), it is started again with a growing delay until stop().
+ */
+export async function startEmbeddedRedis(
+  dataDir: string,
+  logger: Logger,
+  /** The program to run; default redis-server from PATH. */
+  command = "redis-server",
+): Promise<EmbeddedRedis> {
+  const dir = resolve(dataDir, "redis");
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const socket = join(dir, "redis.sock");
+  await shutdownLeftover(socket, logger);
+  const args = [
+    ...["--port", "0", "--unixsocket", socket, "--unixsocketperm", "700", "--dir", dir],
+    ...["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--maxmemory-policy", "noeviction"],
+    ...["--daemonize", "no", "--loglevel", "warning", "--logfile", join(dir, "redis.log")],
+  ];
+  let server = await spawnServer(command, args, socket, dir);
+  let stopping = false;
+  let restartDelay = 1_000;
+  let restartTimer: NodeJS.Timeout | undefined;
+  const supervise = (running: RunningServer) => {
+    running.exited.then((code) => {
+      if (stopping) return;
+      logger.error(
+        { code, log: join(dir, "redis.log"), retryInMs: restartDelay },
+        "embedded redis-server exited (disk full?): submissions get 451 until it is back; restarting it",
+      );
+      restartTimer = setTimeout(async () => {
+        try {
+          server = await spawnServer(command, args, socket, dir);
+          restartDelay = 1_000;
+          logger.info("embedded redis-server restarted");
+          supervise(server);
+        } catch (err) {
+          restartDelay = Math.min(restartDelay * 2, 30_000);
+          logger.error({ err: (err as Error).message }, "embedded redis-server could not be restarted");
+          supervise({ child: running.child, exited: Promise.resolve(null) });
+        }
+      }, restartDelay);
+    });
+  };
+  supervise(server);
   logger.info({ socket, dir }, "embedded redis-server started (append-only, fsync always)");
   return {
     path: socket,
     async stop() {
+      stopping = true;
+      clearTimeout(restartTimer);
+      const { child, exited } = server;
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
