@@ -38,7 +38,9 @@ afterAll(async () => {
 });
 
 describe.skipIf(!mounted)("the embedded Redis on a full disk", () => {
-  it("refuses submissions with 4xx once nothing more can be written, and every 250 given before is delivered after space is freed", async () => {
+  it("refuses submissions with 4xx once nothing more can be written, and every 250 given before is delivered after space is freed", {
+    timeout: 120_000,
+  }, async () => {
     const config = {
       dataDir: dir,
       redisPrefix: uniquePrefix(),
