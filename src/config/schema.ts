@@ -81,9 +81,22 @@ export const clientSchema = z
     mailbox: email
       .optional()
       .describe("mailbox this client's mail is sent as; may be left out when exactly one is configured"),
+    onFailure: z
+      .enum(["none", "bounce", "webhook"])
+      .default("none")
+      .describe(
+        "what to do when a message fails for good: none (it stays in the failed list), bounce (a delivery status notification to the envelope sender, sent through the mailbox), webhook (POST JSON to webhookUrl)",
+      ),
+    webhookUrl: z
+      .url({ protocol: /^https?$/ })
+      .optional()
+      .describe("http(s) URL that receives a JSON POST per failed message when onFailure is webhook"),
   })
   .strict()
   .superRefine((client, ctx) => {
+    if (client.onFailure === "webhook" && !client.webhookUrl) {
+      ctx.addIssue({ code: "custom", message: "required when onFailure is webhook", path: ["webhookUrl"] });
+    }
     if (!client.networks?.length && !client.username) {
       ctx.addIssue({
         code: "custom",
@@ -143,6 +156,52 @@ export const retrySchema = z
   })
   .strict();
 
+/** `host:port` or `[v6]:port`; the host and port it names. */
+export function parseListenAddress(value: string): { host: string; port: number } | null {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) return null;
+  return { host: (match[1] ?? match[2]) as string, port };
+}
+
+function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  try {
+    return ipaddr.process(host).range() === "loopback";
+  } catch {
+    return false;
+  }
+}
+
+export const adminSchema = z
+  .object({
+    listen: z
+      .string()
+      .default("127.0.0.1:8025")
+      .refine((value) => parseListenAddress(value) !== null, {
+        message: "not host:port (e.g. 127.0.0.1:8025 or [::1]:8025)",
+      })
+      .describe("address of the admin HTTP server (metrics, health, queue API, dashboard)"),
+    token: z
+      .string()
+      .min(16, "use at least 16 characters, e.g. openssl rand -hex 32")
+      .optional()
+      .describe(
+        "bearer token for every admin request except /healthz and /readyz; required unless listen is a loopback address",
+      ),
+  })
+  .strict()
+  .superRefine((admin, ctx) => {
+    const address = parseListenAddress(admin.listen);
+    if (address && !isLoopback(address.host) && !admin.token) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["token"],
+        message: `required when admin.listen is not a loopback address (${admin.listen}): set token: \${SLUICE_ADMIN_TOKEN}`,
+      });
+    }
+  });
+
 export const configSchema = z
   .object({
     listen: z
@@ -191,6 +250,7 @@ export const configSchema = z
       .default({ limits: limitsSchema.parse({}) }),
     mailboxes: z.record(email, mailboxSchema).default({}),
     clients: z.array(clientSchema).default([]),
+    admin: adminSchema.optional().describe("admin HTTP server; off when absent"),
   })
   .strict()
   .superRefine((config, ctx) => {
@@ -228,3 +288,4 @@ export type ListenerConfig = Config["listen"][number];
 export type ClientConfig = Config["clients"][number];
 export type MailboxConfig = Config["mailboxes"][string];
 export type Limits = z.output<typeof limitsSchema>;
+export type AdminConfig = z.output<typeof adminSchema>;
