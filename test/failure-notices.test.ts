@@ -7,7 +7,10 @@ import { waitFor } from "./support/relay.js";
 
 const redisUrl = inject("redisUrl");
 let fx: OperationsFixture;
-const NOT_FOUND = { code: 550, message: "5.1.1 RESOLVER.ADR.RecipNotFound; Recipient not found by SMTP address lookup" };
+const NOT_FOUND = {
+  code: 550,
+  message: "5.1.1 RESOLVER.ADR.RecipNotFound; Recipient not found by SMTP address lookup",
+};
 
 beforeAll(async () => {
   fx = await startOperationsFixture(redisUrl);
@@ -30,11 +33,13 @@ describe("onFailure configuration", () => {
       parseConfig({ clients: [{ name: "a", networks: ["10.0.0.0/8"], ...client }] }, {}, "test");
     expect(parse({}).config.clients[0]?.onFailure).toBe("none");
     expect(() => parse({ onFailure: "webhook" })).toThrow(ConfigError);
-    expect(() => parse({ onFailure: "webhook" })).toThrow(/clients\[0\]\.webhookUrl: required when onFailure is webhook/);
-    expect(() => parse({ onFailure: "webhook", webhookUrl: "ftp://x" })).toThrow(/webhookUrl/);
-    expect(parse({ onFailure: "webhook", webhookUrl: "http://127.0.0.1:9/hook" }).config.clients[0]?.webhookUrl).toBe(
-      "http://127.0.0.1:9/hook",
+    expect(() => parse({ onFailure: "webhook" })).toThrow(
+      /clients\[0\]\.webhookUrl: required when onFailure is webhook/,
     );
+    expect(() => parse({ onFailure: "webhook", webhookUrl: "ftp://x" })).toThrow(/webhookUrl/);
+    expect(
+      parse({ onFailure: "webhook", webhookUrl: "http://127.0.0.1:9/hook" }).config.clients[0]?.webhookUrl,
+    ).toBe("http://127.0.0.1:9/hook");
   });
 });
 
@@ -48,7 +53,9 @@ describe("onFailure: bounce", () => {
     expect(dsn?.mailFrom).toBe(MAILBOX);
     expect(dsn?.rcptTo).toEqual(["alice@floor2.example"]);
     const text = dsn?.raw.toString("utf8") ?? "";
-    expect(text).toMatch(/^Content-Type: multipart\/report; report-type=delivery-status; boundary="[^"]+"\r$/m);
+    expect(text).toMatch(
+      /^Content-Type: multipart\/report; report-type=delivery-status; boundary="[^"]+"\r$/m,
+    );
     expect(text).toMatch(/^To: <alice@floor2\.example>\r$/m);
     expect(text).toMatch(/^Auto-Submitted: auto-replied\r$/m);
     expect(text).toMatch(/^Content-Type: message\/delivery-status\r$/m);
@@ -68,7 +75,11 @@ describe("onFailure: bounce", () => {
     const r = await fx.relay(printers({ onFailure: "bounce" }));
     fx.upstream.script({ reply: NOT_FOUND });
     const id = await fx.send(r, "nobody@example.com", "");
-    await waitFor(() => r.logs.some((l) => /null envelope sender/.test(l.msg) && l.id === id), 20_000, "no bounce");
+    await waitFor(
+      () => r.logs.some((l) => /null envelope sender/.test(l.msg) && l.id === id),
+      20_000,
+      "no bounce",
+    );
     expect(r.logs.some((l) => l.bounceOf === id)).toBe(false);
     expect(fx.upstream.messages).toHaveLength(0);
   });

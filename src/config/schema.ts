@@ -111,28 +111,43 @@ export const clientSchema = z
 
 export const upstreamSchema = z
   .object({
-    host: z.string().min(1).default("smtp.office365.com"),
-    port: z.number().int().min(1).max(65535).default(587),
+    host: z.string().min(1).default("smtp.office365.com").describe("the submission server"),
+    port: z.number().int().min(1).max(65535).default(587).describe("its submission port"),
     tls: tlsMode
       .default("starttls")
       .describe("starttls (required, never falls back to clear text) | implicit | none"),
     ca: z.string().optional().describe("file with extra trusted CA certificates (PEM)"),
-    connectionTimeout: z.number().int().positive().default(30_000),
-    socketTimeout: z.number().int().positive().default(120_000),
+    connectionTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(30_000)
+      .describe("ms to wait for the TCP connection and greeting"),
+    socketTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(120_000)
+      .describe("ms of silence before giving up on a reply"),
     idleTimeout: z
       .number()
       .int()
       .positive()
       .default(5_000)
       .describe("close a reused connection idle this long (ms)"),
-    maxMessagesPerConnection: z.number().int().positive().default(100),
+    maxMessagesPerConnection: z
+      .number()
+      .int()
+      .positive()
+      .default(100)
+      .describe("close a connection and open a new one after this many messages"),
   })
   .strict();
 
 export const retrySchema = z
   .object({
     firstDelay: z.number().int().positive().default(30_000).describe("delay before the first retry (ms)"),
-    factor: z.number().min(1).default(2),
+    factor: z.number().min(1).default(2).describe("each retry waits this many times longer (±25% jitter)"),
     maxDelay: z
       .number()
       .int()
@@ -207,11 +222,13 @@ export const configSchema = z
     listen: z
       .array(listenerSchema)
       .min(1)
-      .default([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }]),
+      .default([{ port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false }])
+      .describe("SMTP listeners, one per entry"),
     tls: z
       .object({ cert: z.string().describe("PEM certificate file"), key: z.string().describe("PEM key file") })
       .strict()
-      .optional(),
+      .optional()
+      .describe("the relay's own certificate for inbound STARTTLS or implicit TLS"),
     redis: z
       .string()
       .regex(/^rediss?:\/\//, "must start with redis:// or rediss://")
@@ -222,20 +239,22 @@ export const configSchema = z
       .min(1)
       .default("sluice")
       .describe("key prefix, shared by every relay of one cluster"),
-    dataDir: z.string().default("./data"),
+    dataDir: z.string().default("./data").describe("embedded Redis data (append-only file) and socket"),
     hostname: z
       .string()
       .optional()
       .describe("name used in greetings and Received headers (default: os.hostname())"),
-    maxMessageSize: size.default(35 * 1024 * 1024),
+    maxMessageSize: size
+      .default(35 * 1024 * 1024)
+      .describe("largest message accepted (35MB-style string or bytes); larger mail gets 552 5.3.4"),
     shutdownTimeout: z
       .number()
       .int()
       .positive()
       .default(30_000)
       .describe("ms to finish sessions and deliveries on SIGTERM"),
-    upstream: upstreamSchema.default(upstreamSchema.parse({})),
-    retry: retrySchema.default(retrySchema.parse({})),
+    upstream: upstreamSchema.default(upstreamSchema.parse({})).describe("where mail is delivered"),
+    retry: retrySchema.default(retrySchema.parse({})).describe("when failed deliveries are tried again"),
     leaseTtl: z
       .number()
       .int()
@@ -245,11 +264,22 @@ export const configSchema = z
         "lifetime of a connection lease unless renewed (ms): a killed relay's slots free up after this",
       ),
     defaults: z
-      .object({ limits: limitsSchema.default(limitsSchema.parse({})) })
+      .object({
+        limits: limitsSchema
+          .default(limitsSchema.parse({}))
+          .describe("limits of every mailbox unless it overrides them"),
+      })
       .strict()
-      .default({ limits: limitsSchema.parse({}) }),
-    mailboxes: z.record(email, mailboxSchema).default({}),
-    clients: z.array(clientSchema).default([]),
+      .default({ limits: limitsSchema.parse({}) })
+      .describe("settings shared by all mailboxes"),
+    mailboxes: z
+      .record(email, mailboxSchema)
+      .default({})
+      .describe("the upstream mailboxes mail is sent as, by address"),
+    clients: z
+      .array(clientSchema)
+      .default([])
+      .describe("who may submit: printers by network, applications by AUTH"),
     admin: adminSchema.optional().describe("admin HTTP server; off when absent"),
   })
   .strict()
