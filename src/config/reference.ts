@@ -121,9 +121,17 @@ export function configurationReference(): string {
     "Every key of the configuration file, from the schema the relay validates it with. `${NAME}` in any",
     "value is replaced by the environment variable NAME. See docs/configuration.md for the choices behind them.",
     "",
-    "| key | type | default | description |",
-    "| --- | --- | --- | --- |",
-    ...rows.map((r) => `| ${cell(r.key)} | ${cell(r.type)} | ${cell(r.default)} | ${cell(r.description)} |`),
+    ...markdownTable(
+      ["key", "type", "default", "description"],
+      rows.map((r) => [r.key, r.type, r.default, r.description].map(cell)),
+    ),
     "",
   ].join("\n");
+}
+
+/** A table with padded columns, the way the formatter (biome) writes them. */
+function markdownTable(header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(3, h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)];
 }
