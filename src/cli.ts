@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Command } from "commander";
+import { addQueueCommands } from "./admin/queue-commands.js";
 import { ConfigError, loadConfig } from "./config/load.js";
 import { describeConfig } from "./config/mask.js";
 import { createLogger } from "./logger.js";
@@ -65,5 +66,7 @@ program
     for (const warning of warnings) process.stdout.write(`# warning: ${warning}\n`);
     process.stdout.write(describeConfig(config));
   });
+
+addQueueCommands(program, load);
 
 await program.parseAsync(process.argv);

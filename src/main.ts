@@ -1,14 +1,19 @@
 import { hostname as osHostname } from "node:os";
 import type { JobsOptions } from "bullmq";
 import type { Redis } from "ioredis";
+import { AdminServer } from "./admin/admin-server.js";
+import { QueueControl } from "./admin/queue-control.js";
+import { RelayMetrics } from "./admin/relay-metrics.js";
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
 import { ConnectionLeases } from "./limits/connection-leases.js";
 import { MailboxBudget } from "./limits/mailbox-budget.js";
 import { createLogger, type Logger } from "./logger.js";
+import { FailureNotices } from "./outbound/failure-notices.js";
 import { MailboxDispatcher } from "./outbound/mailbox-dispatcher.js";
 import { MailboxPauses } from "./outbound/mailbox-pauses.js";
+import { RelayEvents } from "./relay-events.js";
 import { type EmbeddedRedis, startEmbeddedRedis } from "./spool/embedded-redis.js";
 import { checkRedisDurability, RedisConnections, type RedisTarget } from "./spool/redis-connections.js";
 import { Spool } from "./spool/spool.js";
@@ -22,6 +27,10 @@ export interface Relay {
   readonly addresses: { host: string; port: number }[];
   readonly spool: Spool;
   readonly logger: Logger;
+  /** The admin HTTP server's bound address, when `admin` is configured. */
+  readonly admin?: { host: string; port: number };
+  /** Lifecycle events (deliveries, retries, failures, SMTP sessions) of this relay. */
+  readonly events: RelayEvents;
   /** Stops accepting, lets sessions in DATA and running deliveries finish, closes Redis. */
   stop(): Promise<void>;
 }
@@ -51,6 +60,7 @@ async function waitReady(redis: Redis, timeoutMs: number): Promise<void> {
 /** The composition root: config -> logger -> redis -> spool -> outbound -> inbound. */
 export async function createRelay(config: Readonly<Config>, options: RelayOptions = {}): Promise<Relay> {
   const logger = options.logger ?? createLogger();
+  const events = new RelayEvents();
   const hostname = config.hostname ?? osHostname();
   const cleanups: (() => Promise<void>)[] = [];
   // each step gets what is left of shutdownTimeout (and at least 2 s), so a dead Redis cannot hang the stop
@@ -97,6 +107,16 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     const leases = new ConnectionLeases(workerConnection, config.redisPrefix, { ttlMs: config.leaseTtl });
     const budget = new MailboxBudget(workerConnection, config.redisPrefix);
     const pauses = new MailboxPauses(workerConnection, config.redisPrefix);
+    const notices = new FailureNotices({
+      config,
+      policy,
+      spool,
+      events,
+      connection: workerConnection,
+      hostname,
+      logger,
+    });
+    cleanups.push(() => notices.close());
     const dispatchers = Object.entries(config.mailboxes).map(
       ([mailbox, settings]) =>
         new MailboxDispatcher({
@@ -113,20 +133,44 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
           pauses,
           connection: workerConnection,
           logger,
+          events,
         }),
     );
     cleanups.push(async () => {
       await Promise.all(dispatchers.map((d) => d.close(config.shutdownTimeout)));
     });
-    const frontDoor = new FrontDoor({ config, hostname, policy, spool, logger });
+    const frontDoor = new FrontDoor({ config, hostname, policy, spool, logger, events });
     cleanups.push(() => frontDoor.stop(config.shutdownTimeout));
     await frontDoor.start();
+
+    let admin: AdminServer | undefined;
+    if (config.admin) {
+      const queues = new QueueControl({ config, spool, redis: ingest, actor: "admin api", logger });
+      const metrics = new RelayMetrics({
+        events,
+        queues,
+        redis: ingest,
+        openConnections: (mailbox) => dispatchers.find((d) => d.mailbox === mailbox)?.openConnections ?? 0,
+      });
+      admin = new AdminServer({
+        config: config.admin,
+        queues,
+        metrics,
+        redis: ingest,
+        listenersUp: () => frontDoor.addresses().length === config.listen.length,
+        logger,
+      });
+      await admin.start();
+      cleanups.push(() => (admin as AdminServer).stop());
+    }
 
     let stopping: Promise<void> | undefined;
     return {
       addresses: frontDoor.addresses(),
       spool,
       logger,
+      admin: admin?.address(),
+      events,
       stop: () => {
         stopping ??= (async () => {
           logger.info("stopping: new sessions get 421, finishing messages in DATA and running deliveries");

@@ -105,9 +105,22 @@ export const clientSchema = z
     mailbox: email
       .optional()
       .describe("mailbox this client's mail is sent as; may be left out when exactly one is configured"),
+    onFailure: z
+      .enum(["none", "bounce", "webhook"])
+      .default("none")
+      .describe(
+        "what to do when a message fails for good: none (it stays in the failed list), bounce (a delivery status notification to the envelope sender, sent through the mailbox), webhook (POST JSON to webhookUrl)",
+      ),
+    webhookUrl: z
+      .url({ protocol: /^https?$/ })
+      .optional()
+      .describe("http(s) URL that receives a JSON POST per failed message when onFailure is webhook"),
   })
   .strict()
   .superRefine((client, ctx) => {
+    if (client.onFailure === "webhook" && !client.webhookUrl) {
+      ctx.addIssue({ code: "custom", message: "required when onFailure is webhook", path: ["webhookUrl"] });
+    }
     if (!client.networks?.length && !client.username) {
       ctx.addIssue({
         code: "custom",
@@ -122,28 +135,43 @@ export const clientSchema = z
 
 export const upstreamSchema = z
   .object({
-    host: z.string().min(1).default("smtp.office365.com"),
-    port: z.number().int().min(1).max(65535).default(587),
+    host: z.string().min(1).default("smtp.office365.com").describe("the submission server"),
+    port: z.number().int().min(1).max(65535).default(587).describe("its submission port"),
     tls: tlsMode
       .default("starttls")
       .describe("starttls (required, never falls back to clear text) | implicit | none"),
     ca: z.string().optional().describe("file with extra trusted CA certificates (PEM)"),
-    connectionTimeout: z.number().int().positive().default(30_000),
-    socketTimeout: z.number().int().positive().default(120_000),
+    connectionTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(30_000)
+      .describe("ms to wait for the TCP connection and greeting"),
+    socketTimeout: z
+      .number()
+      .int()
+      .positive()
+      .default(120_000)
+      .describe("ms of silence before giving up on a reply"),
     idleTimeout: z
       .number()
       .int()
       .positive()
       .default(5_000)
       .describe("close a reused connection idle this long (ms)"),
-    maxMessagesPerConnection: z.number().int().positive().default(100),
+    maxMessagesPerConnection: z
+      .number()
+      .int()
+      .positive()
+      .default(100)
+      .describe("close a connection and open a new one after this many messages"),
   })
   .strict();
 
 export const retrySchema = z
   .object({
     firstDelay: z.number().int().positive().default(30_000).describe("delay before the first retry (ms)"),
-    factor: z.number().min(1).default(2),
+    factor: z.number().min(1).default(2).describe("each retry waits this many times longer (±25% jitter)"),
     maxDelay: z
       .number()
       .int()
@@ -167,16 +195,64 @@ export const retrySchema = z
   })
   .strict();
 
+/** `host:port` or `[v6]:port`; the host and port it names. */
+export function parseListenAddress(value: string): { host: string; port: number } | null {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) return null;
+  return { host: (match[1] ?? match[2]) as string, port };
+}
+
+function isLoopback(host: string): boolean {
+  if (host === "localhost") return true;
+  try {
+    return ipaddr.process(host).range() === "loopback";
+  } catch {
+    return false;
+  }
+}
+
+export const adminSchema = z
+  .object({
+    listen: z
+      .string()
+      .default("127.0.0.1:8025")
+      .refine((value) => parseListenAddress(value) !== null, {
+        message: "not host:port (e.g. 127.0.0.1:8025 or [::1]:8025)",
+      })
+      .describe("address of the admin HTTP server (metrics, health, queue API, dashboard)"),
+    token: z
+      .string()
+      .min(16, "use at least 16 characters, e.g. openssl rand -hex 32")
+      .optional()
+      .describe(
+        "bearer token for every admin request except /healthz and /readyz; required unless listen is a loopback address",
+      ),
+  })
+  .strict()
+  .superRefine((admin, ctx) => {
+    const address = parseListenAddress(admin.listen);
+    if (address && !isLoopback(address.host) && !admin.token) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["token"],
+        message: `required when admin.listen is not a loopback address (${admin.listen}): set token: \${SLUICE_ADMIN_TOKEN}`,
+      });
+    }
+  });
+
 export const configSchema = z
   .object({
     listen: z
       .array(listenerSchema)
       .min(1)
-      .default([listenerSchema.parse({ port: 2525 })]),
+      .default([listenerSchema.parse({ port: 2525 })])
+      .describe("SMTP listeners, one per entry"),
     tls: z
       .object({ cert: z.string().describe("PEM certificate file"), key: z.string().describe("PEM key file") })
       .strict()
-      .optional(),
+      .optional()
+      .describe("the relay's own certificate for inbound STARTTLS or implicit TLS"),
     redis: z
       .string()
       .regex(/^rediss?:\/\//, "must start with redis:// or rediss://")
@@ -187,20 +263,22 @@ export const configSchema = z
       .min(1)
       .default("sluice")
       .describe("key prefix, shared by every relay of one cluster"),
-    dataDir: z.string().default("./data"),
+    dataDir: z.string().default("./data").describe("embedded Redis data (append-only file) and socket"),
     hostname: z
       .string()
       .optional()
       .describe("name used in greetings and Received headers (default: os.hostname())"),
-    maxMessageSize: size.default(35 * 1024 * 1024),
+    maxMessageSize: size
+      .default(35 * 1024 * 1024)
+      .describe("largest message accepted (35MB-style string or bytes); larger mail gets 552 5.3.4"),
     shutdownTimeout: z
       .number()
       .int()
       .positive()
       .default(30_000)
       .describe("ms to finish sessions and deliveries on SIGTERM"),
-    upstream: upstreamSchema.default(upstreamSchema.parse({})),
-    retry: retrySchema.default(retrySchema.parse({})),
+    upstream: upstreamSchema.default(upstreamSchema.parse({})).describe("where mail is delivered"),
+    retry: retrySchema.default(retrySchema.parse({})).describe("when failed deliveries are tried again"),
     authThrottle: z
       .object({
         maxFailures: z
@@ -229,7 +307,8 @@ export const configSchema = z
           .describe("extra delay per earlier failure (ms, max 5 s)"),
       })
       .strict()
-      .default({ maxFailures: 5, windowMs: 600_000, blockMs: 900_000, delayStepMs: 1_000 }),
+      .default({ maxFailures: 5, windowMs: 600_000, blockMs: 900_000, delayStepMs: 1_000 })
+      .describe("failed AUTH attempts: slowed, then the address is refused for a while"),
     leaseTtl: z
       .number()
       .int()
@@ -239,11 +318,23 @@ export const configSchema = z
         "lifetime of a connection lease and of a delivery's queue lock unless renewed (ms): a killed relay's connection slots and in-flight messages are taken over after this",
       ),
     defaults: z
-      .object({ limits: limitsSchema.default(limitsSchema.parse({})) })
+      .object({
+        limits: limitsSchema
+          .default(limitsSchema.parse({}))
+          .describe("limits of every mailbox unless it overrides them"),
+      })
       .strict()
-      .default({ limits: limitsSchema.parse({}) }),
-    mailboxes: z.record(email, mailboxSchema).default({}),
-    clients: z.array(clientSchema).default([]),
+      .default({ limits: limitsSchema.parse({}) })
+      .describe("settings shared by all mailboxes"),
+    mailboxes: z
+      .record(email, mailboxSchema)
+      .default({})
+      .describe("the upstream mailboxes mail is sent as, by address"),
+    clients: z
+      .array(clientSchema)
+      .default([])
+      .describe("who may submit: printers by network, applications by AUTH"),
+    admin: adminSchema.optional().describe("admin HTTP server; off when absent"),
   })
   .strict()
   .superRefine((config, ctx) => {
@@ -281,3 +372,4 @@ export type ListenerConfig = Config["listen"][number];
 export type ClientConfig = Config["clients"][number];
 export type MailboxConfig = Config["mailboxes"][string];
 export type Limits = z.output<typeof limitsSchema>;
+export type AdminConfig = z.output<typeof adminSchema>;

@@ -9,6 +9,7 @@ import {
 } from "smtp-server";
 import type { Config, ListenerConfig } from "../config/schema.js";
 import type { Logger } from "../logger.js";
+import type { RelayEvents } from "../relay-events.js";
 import type { MessageJob } from "../spool/message-job.js";
 import { newQueueId, type Spool } from "../spool/spool.js";
 import { isForwardableAddress } from "./addresses.js";
@@ -23,6 +24,8 @@ export interface FrontDoorOptions {
   policy: ClientPolicy;
   spool: Spool;
   logger: Logger;
+  /** Where sessions, accepted and refused messages are announced (metrics). */
+  events?: RelayEvents;
 }
 
 interface Listener {
@@ -57,6 +60,15 @@ export class FrontDoor {
         throw new Error(`listen ${listener.host}:${listener.port}: tls: implicit needs tls.cert and tls.key`);
       }
       const offerStartTls = listener.tls === "starttls" && tls !== undefined;
+      const { events } = this.options;
+      // the bound address, known once listening (port 0 in the config means any free port)
+      let label = `${listener.host}:${listener.port}`;
+      const counted = <A extends unknown[]>(callback: (err?: Error | null, ...rest: A) => void) =>
+        ((err?: Error | null, ...rest: A) => {
+          const code = (err as { responseCode?: number } | null | undefined)?.responseCode;
+          if (code && code >= 400) events?.emit("refused", { listener: label, code });
+          callback(err, ...rest);
+        }) as typeof callback;
       const server = new SMTPServer({
         name: this.options.hostname,
         banner: "sluice ready",
@@ -73,15 +85,26 @@ export class FrontDoor {
         logger: false,
         maxClients: listener.maxClients,
         socketTimeout: listener.socketTimeout,
-        onConnect: (session, callback) => this.onConnect(listener, session, callback),
+        onConnect: (session, callback) => {
+          events?.emit("connection", { listener: label });
+          this.onConnect(listener, session, counted(callback));
+        },
         onClose: (session) => this.onClose(session),
-        onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, callback),
-        onMailFrom: (address, session, callback) => this.onMailFrom(address, session, callback),
-        onRcptTo: (address, _session, callback) => this.onRcptTo(address, callback),
+        onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, counted(callback)),
+        onMailFrom: (address, session, callback) => this.onMailFrom(address, session, counted(callback)),
+        onRcptTo: (address, _session, callback) => this.onRcptTo(address, counted(callback)),
         onData: (stream, session, callback) => {
           this.onData(stream, session).then(
-            (reply) => callback(null, reply),
-            (err: Error) => callback(err),
+            (reply) => {
+              const client = this.clientOf(session);
+              events?.emit("accepted", {
+                listener: label,
+                client: client?.name ?? "",
+                mailbox: client ? this.options.policy.mailboxFor(client) : null,
+              });
+              callback(null, reply);
+            },
+            (err: Error) => counted(callback)(err),
           );
         },
       });
@@ -95,6 +118,7 @@ export class FrontDoor {
       });
       this.listeners.push({ config: listener, server });
       this.sweeper ??= setInterval(() => this.closeOverlongSessions(), 1_000).unref();
+      label = `${listener.host}:${(server.server.address() as AddressInfo).port}`;
       this.options.logger.info(
         {
           host: listener.host,
@@ -285,6 +309,19 @@ export class FrontDoor {
     }
     if (!client) throw new SmtpReply(530, "5.7.0", "Authentication required");
     const mailbox = policy.mailboxFor(client);
+    logger.info(
+      {
+        event: "received",
+        id,
+        messageId: findMessageId(head),
+        client: client.name,
+        mailbox,
+        remote: session.remoteAddress,
+        size: writer.size,
+        recipients: recipients.length,
+      },
+      "message received",
+    );
     const job: MessageJob = {
       id,
       client: client.name,

@@ -4,6 +4,7 @@ import type { Limits } from "../config/schema.js";
 import type { ConnectionLeases } from "../limits/connection-leases.js";
 import type { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
+import { type RelayEvents, replyClassOf } from "../relay-events.js";
 import type { MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
 import { type Classification, classifyReply, enhancedCodeOf } from "./classify-reply.js";
@@ -33,6 +34,8 @@ export interface MailboxDispatcherOptions {
   /** A connection for BullMQ (it duplicates it for blocking reads). */
   connection: Redis;
   logger: Logger;
+  /** Where deliveries, retries and failures are announced (metrics, failure notices). */
+  events?: RelayEvents;
 }
 
 /** Recipients the upstream deferred (4xx at RCPT): the message is retried for them only. */
@@ -99,6 +102,20 @@ export class MailboxDispatcher {
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));
   }
 
+  get mailbox(): string {
+    return this.options.mailbox;
+  }
+
+  /** Upstream connections this process holds open for the mailbox. */
+  get openConnections(): number {
+    return this.pool.size;
+  }
+
+  /** Keeps an upstream reply in the job's log (shown by `sluice queue show`). */
+  private async recordReply(job: Job<MessageJob>, reply: string): Promise<void> {
+    await job.log(`${new Date().toISOString()} ${reply}`).catch(() => {});
+  }
+
   /** Puts the job back to wait `delayMs` without spending an attempt. */
   private async hold(job: Job<MessageJob>, token: string | undefined, delayMs: number): Promise<never> {
     await job.moveToDelayed(Date.now() + Math.max(0, delayMs), token);
@@ -114,8 +131,15 @@ export class MailboxDispatcher {
       mailbox,
       attempt: job.attemptsMade + 1,
     });
-    if (Date.now() - job.data.receivedAt > retry.maxAge) {
+    if (Date.now() - (job.data.retriedAt ?? job.data.receivedAt) > retry.maxAge) {
       this.logger.error({ ...log(), event: "failed" }, "message expired: not delivered within retry.maxAge");
+      const reply = `expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`;
+      this.options.events?.emit("undeliverable", {
+        mailbox,
+        job: job.data,
+        recipients: job.data.recipients.map((recipient) => ({ recipient, reply })),
+        failed: true,
+      });
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
     const pause = await pauses.get(mailbox);
@@ -165,6 +189,8 @@ export class MailboxDispatcher {
         connection = await this.pool.acquire();
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
+        await this.recordReply(job, result.response);
+        for (const r of result.rejected) await this.recordReply(job, `${r.recipient}: ${r.response}`);
         const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
         // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
         const tooMany = result.rejected.filter(
@@ -217,7 +243,8 @@ export class MailboxDispatcher {
           upstreamError.code !== "ECONNECTION" &&
           verdict.action !== "reduce-connections" &&
           verdict.action !== "pause-auth";
-        await this.onFailure(job, token, batch.length, verdict, log());
+        await this.recordReply(job, verdict.reply);
+        await this.onFailure(job, token, batch.length, verdict, log(), upstreamError.responseCode);
       } finally {
         if (connection) this.pool.release(connection, healthy);
       }
@@ -232,6 +259,15 @@ export class MailboxDispatcher {
       throw new RecipientsDeferred(deferred);
     }
     await spool.removeBody(job.data.id);
+    if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
+    if (job.data.refused.length) {
+      this.options.events?.emit("undeliverable", {
+        mailbox,
+        job: job.data,
+        recipients: job.data.refused,
+        failed: job.data.delivered.length === 0,
+      });
+    }
     this.logger.info(
       {
         ...log(),
@@ -250,9 +286,13 @@ export class MailboxDispatcher {
     batchLength: number,
     verdict: Classification,
     log: Record<string, unknown>,
+    code?: number,
   ): Promise<never> {
-    const { mailbox, limits, leases, pauses, retry } = this.options;
+    const { mailbox, limits, leases, pauses, retry, events } = this.options;
     const context = { ...log, reply: verdict.reply, category: verdict.category };
+    if (verdict.action !== "fail") {
+      events?.emit("retry", { mailbox, replyClass: replyClassOf(code), category: verdict.category, code });
+    }
     switch (verdict.action) {
       case "reduce-connections": {
         const effective = await leases.reduce(mailbox, limits.connections);
@@ -293,6 +333,12 @@ export class MailboxDispatcher {
       }
       case "fail":
         this.logger.error({ ...context, event: "failed", hint: verdict.hint }, "message failed permanently");
+        events?.emit("undeliverable", {
+          mailbox,
+          job: job.data,
+          recipients: job.data.recipients.map((recipient) => ({ recipient, reply: verdict.reply })),
+          failed: job.data.delivered.length === 0,
+        });
         throw new UnrecoverableError(verdict.reply);
       default:
         this.logger.warn({ ...context, event: "deferred" }, "delivery deferred");

@@ -36,6 +36,12 @@ export class MailboxPauses {
     return set === "OK";
   }
 
+  /** Sets the pause whatever was there before (an operator's pause replaces an automatic one). */
+  async replace(mailbox: string, kind: PauseKind, reason: string, durationMs: number): Promise<void> {
+    const pause: MailboxPause = { kind, reason, until: Date.now() + durationMs };
+    await this.redis.set(this.key(mailbox), JSON.stringify(pause), "PX", Math.max(1, durationMs));
+  }
+
   async get(mailbox: string): Promise<MailboxPause | null> {
     const value = await this.redis.get(this.key(mailbox));
     return value ? (JSON.parse(value) as MailboxPause) : null;

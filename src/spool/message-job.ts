@@ -22,4 +22,6 @@ export interface MessageJob {
   messageId?: string;
   remoteAddress: string;
   receivedAt: number;
+  /** When an operator last retried the failed message; retry.maxAge counts from here instead of receivedAt. */
+  retriedAt?: number;
 }
