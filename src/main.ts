@@ -15,7 +15,7 @@ import { MailboxDispatcher } from "./outbound/mailbox-dispatcher.js";
 import { MailboxPauses } from "./outbound/mailbox-pauses.js";
 import { RelayEvents } from "./relay-events.js";
 import { type EmbeddedRedis, startEmbeddedRedis } from "./spool/embedded-redis.js";
-import { checkRedisDurability, RedisConnections, type RedisTarget } from "./spool/redis-connections.js";
+import { checkRedisDurability, RedisConnections, redisTargetFor } from "./spool/redis-connections.js";
 import { Spool } from "./spool/spool.js";
 
 export interface RelayOptions {
@@ -81,9 +81,8 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
   };
   try {
     let embedded: EmbeddedRedis | undefined;
-    let target: RedisTarget;
-    if (config.redis) target = { url: config.redis };
-    else {
+    let target = redisTargetFor(config.redis);
+    if (!target) {
       embedded = await startEmbeddedRedis(config.dataDir, logger);
       cleanups.push(() => (embedded as EmbeddedRedis).stop());
       target = { path: embedded.path };
@@ -95,7 +94,11 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     await waitReady(ingest, 30_000);
     if (config.redis) await checkRedisDurability(ingest, logger);
 
-    const spool = new Spool(ingest, config.redisPrefix, JOB_OPTIONS);
+    const minReplicas = config.replication.minReplicas ?? (target && "sentinels" in target ? 1 : 0);
+    const spool = new Spool(ingest, config.redisPrefix, JOB_OPTIONS, {
+      minReplicas,
+      timeoutMs: config.replication.timeoutMs,
+    });
     cleanups.push(() => spool.close());
     const policy = new ClientPolicy(config);
     const released = await spool.releaseHeld((job) => {

@@ -4,6 +4,7 @@ import { Redis } from "ioredis";
 import type { Config } from "../config/schema.js";
 import type { Logger } from "../logger.js";
 import { type EmbeddedRedis, startEmbeddedRedis } from "../spool/embedded-redis.js";
+import { createRedisClient, redisTargetFor } from "../spool/redis-connections.js";
 
 /** A Redis connection for the queue commands, and what to close afterwards. */
 export interface QueueRedis {
@@ -47,8 +48,9 @@ async function connect(redis: Redis, what: string): Promise<void> {
  */
 export async function openQueueRedis(config: Readonly<Config>, logger: Logger): Promise<QueueRedis> {
   const options = { maxRetriesPerRequest: 1, connectionName: "sluice-queue-cli" };
-  if (config.redis) {
-    const redis = new Redis(config.redis, { ...options, retryStrategy: (n) => (n > 3 ? null : 200 * n) });
+  const target = redisTargetFor(config.redis);
+  if (target) {
+    const redis = createRedisClient(target, { ...options, retryStrategy: (n) => (n > 3 ? null : 200 * n) });
     await connect(redis, "redis");
     return { redis, source: "url", close: () => quit(redis) };
   }

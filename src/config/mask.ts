@@ -1,7 +1,7 @@
 import { stringify } from "yaml";
 import type { Config } from "./schema.js";
 
-const SECRET_KEYS = new Set(["password", "clientSecret", "token", "accessToken"]);
+const SECRET_KEYS = new Set(["password", "sentinelPassword", "clientSecret", "token", "accessToken"]);
 export const MASK = "********";
 
 /** A copy of the configuration with every secret replaced by a mask, for printing and logging. */

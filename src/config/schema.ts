@@ -254,10 +254,44 @@ export const configSchema = z
       .optional()
       .describe("the relay's own certificate for inbound STARTTLS or implicit TLS"),
     redis: z
-      .string()
-      .regex(/^rediss?:\/\//, "must start with redis:// or rediss://")
+      .union([
+        z.string().regex(/^rediss?:\/\//, "must start with redis:// or rediss://"),
+        z
+          .object({
+            sentinels: z
+              .array(z.string().regex(/^[^\s:]+:\d+$/, "host:port"))
+              .min(1)
+              .describe("Redis Sentinel addresses, host:port"),
+            name: z.string().min(1).describe("the monitored primary's name (sentinel monitor <name>)"),
+            password: z.string().optional().describe("password of the Redis servers"),
+            sentinelPassword: z.string().optional().describe("password of the sentinels"),
+          })
+          .strict(),
+      ])
       .optional()
-      .describe("external Redis URL; omitted: an embedded redis-server under dataDir"),
+      .describe(
+        "external Redis: a redis:// or rediss:// URL, or { sentinels, name } for high availability; omitted: an embedded redis-server under dataDir",
+      ),
+    replication: z
+      .object({
+        minReplicas: z
+          .number()
+          .int()
+          .min(0)
+          .optional()
+          .describe(
+            "replicas that must have a submission (Redis WAIT) before it is acknowledged; default 1 with sentinels, else 0",
+          ),
+        timeoutMs: z
+          .number()
+          .int()
+          .positive()
+          .default(2_000)
+          .describe("how long to wait for them before answering 451 (ms)"),
+      })
+      .strict()
+      .default({ timeoutMs: 2_000 })
+      .describe("acknowledge only what replicas have too (replication is asynchronous)"),
     redisPrefix: z
       .string()
       .min(1)

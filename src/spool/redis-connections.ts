@@ -1,8 +1,40 @@
 import { Redis, type RedisOptions } from "ioredis";
+import type { Config } from "../config/schema.js";
 import type { Logger } from "../logger.js";
 
-/** Where Redis is: an external URL or the embedded server's unix socket. */
-export type RedisTarget = { url: string } | { path: string };
+/** Where Redis is: an external URL, a primary found through Redis Sentinel, or the embedded server's unix socket. */
+export type RedisTarget =
+  | { url: string }
+  | { path: string }
+  | {
+      sentinels: { host: string; port: number }[];
+      name: string;
+      password?: string;
+      sentinelPassword?: string;
+    };
+
+/** The target for the `redis` config key (undefined: the embedded server, which the caller starts). */
+export function redisTargetFor(redis: Config["redis"]): RedisTarget | undefined {
+  if (redis === undefined) return undefined;
+  if (typeof redis === "string") return { url: redis };
+  const sentinels = redis.sentinels.map((address) => {
+    const at = address.lastIndexOf(":");
+    return { host: address.slice(0, at), port: Number(address.slice(at + 1)) };
+  });
+  return { sentinels, name: redis.name, password: redis.password, sentinelPassword: redis.sentinelPassword };
+}
+
+/** ioredis options for a target, merged over `base`. */
+export function redisOptionsFor(target: RedisTarget, base: RedisOptions): RedisOptions {
+  if ("url" in target) return base;
+  if ("path" in target) return { ...base, path: target.path };
+  return { ...base, ...target };
+}
+
+/** Creates a client for a target. */
+export function createRedisClient(target: RedisTarget, base: RedisOptions): Redis {
+  return "url" in target ? new Redis(target.url, base) : new Redis(redisOptionsFor(target, base));
+}
 
 export type ConnectionPurpose =
   /** Submissions: fail at once while Redis is away so the client gets 451, never a hang. */
@@ -26,10 +58,7 @@ export class RedisConnections {
       retryStrategy: (times) => Math.min(times * 200, 2_000),
       connectionName: `sluice-${purpose}`,
     };
-    const redis =
-      "url" in this.target
-        ? new Redis(this.target.url, options)
-        : new Redis({ ...options, path: this.target.path });
+    const redis = createRedisClient(this.target, options);
     let reported = false;
     redis.on("error", (err) => {
       if (!reported) this.logger.warn({ err: err.message, purpose }, "redis connection error (reconnecting)");

@@ -27,6 +27,11 @@ export class Spool {
     private readonly redis: Redis,
     readonly prefix: string,
     private readonly jobOptions: JobsOptions,
+    /** Replicas that must confirm a submission (Redis WAIT) before commit() succeeds. */
+    private readonly replication: { minReplicas: number; timeoutMs: number } = {
+      minReplicas: 0,
+      timeoutMs: 0,
+    },
   ) {}
 
   bodyKey(id: string): string {
@@ -60,8 +65,20 @@ export class Spool {
     try {
       const persisted = await this.redis.persist(this.bodyKey(job.id));
       if (persisted !== 1) throw new Error("message body expired before it was queued");
+      if (this.replication.minReplicas > 0) {
+        // WAIT covers every earlier write of this connection: the body, the job and PERSIST
+        const replicas = await this.redis.wait(this.replication.minReplicas, this.replication.timeoutMs);
+        if (replicas < this.replication.minReplicas) {
+          throw new Error(
+            `only ${replicas} of ${this.replication.minReplicas} Redis replicas confirmed the write`,
+          );
+        }
+      }
     } catch (err) {
+      // not acknowledged: take it back, so the client's retry does not make a second copy (best effort: a
+      // primary that just died cannot be asked, and a copy its replica kept is a duplicate we cannot avoid)
       await queue.remove(job.id).catch(() => {});
+      await this.redis.del(this.bodyKey(job.id)).catch(() => {});
       throw err;
     }
   }

@@ -31,8 +31,9 @@ describe("crashes while 1,000 messages stream through two relays", () => {
     const report = await r.verify();
     expect(report.acknowledged).toBe(1_000);
     expect(report.missing).toEqual([]);
-    // only messages in flight on the killed relay's 3 connections can have been sent twice
-    expect(report.duplicates).toBeLessThanOrEqual(6);
+    // only messages in flight on the killed relay can be sent twice: deliveries on its 3 connections, and
+    // submissions of its 10 clients that were queued but whose 250 never left (the client sends them again)
+    expect(report.duplicates).toBeLessThanOrEqual((3 + 10) * 2);
   });
 
   it("when Redis is stopped and restarted mid-stream, nothing acknowledged is lost", async () => {
