@@ -1,6 +1,8 @@
 import { hostname as osHostname } from "node:os";
 import type { JobsOptions } from "bullmq";
 import type { Redis } from "ioredis";
+import { TokenProviders } from "./auth/token-providers.js";
+import { type UpstreamCredentials, upstreamCredentials } from "./auth/upstream-credentials.js";
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
@@ -84,13 +86,18 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     const leases = new ConnectionLeases(workerConnection, config.redisPrefix, { ttlMs: config.leaseTtl });
     const budget = new MailboxBudget(workerConnection, config.redisPrefix);
     const pauses = new MailboxPauses(workerConnection, config.redisPrefix);
+    const tokens = new TokenProviders(logger);
+    cleanups.push(async () => tokens.close());
+    const credentials = new Map<string, UpstreamCredentials>(
+      Object.keys(config.mailboxes).map((mailbox) => [mailbox, upstreamCredentials(config, mailbox, tokens)]),
+    );
     const dispatchers = Object.entries(config.mailboxes).map(
       ([mailbox, settings]) =>
         new MailboxDispatcher({
           mailbox,
-          password: settings.password,
-          limits: { ...config.defaults.limits, ...settings.limits },
-          upstream: config.upstream,
+          credentials: credentials.get(mailbox) as UpstreamCredentials,
+          limits: settings.limits,
+          upstream: settings.upstream ?? config.upstream,
           retry: config.retry,
           hostname,
           spool,
