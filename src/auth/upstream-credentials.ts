@@ -86,8 +86,9 @@ export function upstreamCredentials(
 ): UpstreamCredentials {
   const settings = config.mailboxes[mailbox];
   if (!settings) throw new Error(`unknown mailbox ${mailbox}`);
-  if (!settings.oauth2) return new PasswordCredentials(mailbox, settings.password ?? "");
+  const user = settings.username ?? mailbox;
+  if (!settings.oauth2) return new PasswordCredentials(user, settings.password ?? "");
   const path = `mailboxes.${JSON.stringify(mailbox)}.oauth2`;
   const provider = tokens.for(settings.oauth2, settings.upstream ?? config.upstream, path);
-  return new OAuth2Credentials(mailbox, provider, settings.oauth2.clientId);
+  return new OAuth2Credentials(user, provider, settings.oauth2.clientId);
 }

@@ -193,6 +193,13 @@ export const mailboxSchema = z
       .optional()
       .describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD}; or give oauth2 instead"),
     oauth2: oauth2Schema.optional().describe("OAuth2 app-only (client credentials) instead of a password"),
+    username: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "user name for upstream AUTH when it is not the mailbox address (ACS: <resource>.<appId>.<tenantId>)",
+      ),
     upstream: upstreamSchema.optional().describe("this mailbox's upstream when it differs from `upstream`"),
     limits: limitsOverrideSchema.optional().describe("overrides of defaults.limits for this mailbox"),
   })
