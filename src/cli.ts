@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { addQueueCommands } from "./admin/queue-commands.js";
 import { ConfigError, loadConfig } from "./config/load.js";
 import { describeConfig } from "./config/mask.js";
+import { formatReport, runDoctor, UnknownMailbox } from "./doctor/doctor.js";
 import { createLogger } from "./logger.js";
 import { createRelay } from "./main.js";
 
@@ -68,5 +69,36 @@ program
   });
 
 addQueueCommands(program, load);
+
+program
+  .command("doctor")
+  .description(
+    "check each mailbox step by step (DNS, connect, STARTTLS, token, AUTH, MAIL FROM) without sending mail; exit 0 only when all pass",
+  )
+  .option("-c, --config <file>", "configuration file (default: $SLUICE_CONFIG, else ./sluice.yaml)")
+  .option("--mailbox <address>", "check only this mailbox")
+  .option("--send-test <recipient>", "also send one short test message to this address")
+  .option("--json", "machine-readable output")
+  .action(async (options: { config?: string; mailbox?: string; sendTest?: string; json?: boolean }) => {
+    const { config } = load(options.config);
+    // the report is stdout; logs (only with SLUICE_LOG_LEVEL) go to stderr
+    const logger = createLogger({
+      level: process.env.SLUICE_LOG_LEVEL ?? "silent",
+      destination: process.stderr,
+    });
+    try {
+      const report = await runDoctor(config, {
+        mailbox: options.mailbox,
+        sendTest: options.sendTest,
+        logger,
+      });
+      process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+      process.exitCode = report.ok ? 0 : 1;
+    } catch (err) {
+      if (!(err instanceof UnknownMailbox)) throw err;
+      process.stderr.write(`${err.message}\n`);
+      process.exitCode = EXIT_CONFIG;
+    }
+  });
 
 await program.parseAsync(process.argv);

@@ -15,9 +15,17 @@ const REDACT = [
   "pass",
   "*.password",
   "*.pass",
+  "clientSecret",
+  "accessToken",
+  "privateKey",
   "*.clientSecret",
+  "*.client_secret",
+  "*.client_assertion",
   "*.accessToken",
+  "*.access_token",
+  "*.privateKey",
   "*.token",
+  "*.oauth2.clientSecret",
   "auth.credentials",
 ];
 

@@ -4,6 +4,8 @@ import type { Redis } from "ioredis";
 import { AdminServer } from "./admin/admin-server.js";
 import { QueueControl } from "./admin/queue-control.js";
 import { RelayMetrics } from "./admin/relay-metrics.js";
+import { TokenProviders } from "./auth/token-providers.js";
+import { type UpstreamCredentials, upstreamCredentials } from "./auth/upstream-credentials.js";
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
@@ -120,13 +122,18 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
       logger,
     });
     cleanups.push(() => notices.close());
+    const tokens = new TokenProviders(logger);
+    cleanups.push(async () => tokens.close());
+    const credentials = new Map<string, UpstreamCredentials>(
+      Object.keys(config.mailboxes).map((mailbox) => [mailbox, upstreamCredentials(config, mailbox, tokens)]),
+    );
     const dispatchers = Object.entries(config.mailboxes).map(
       ([mailbox, settings]) =>
         new MailboxDispatcher({
           mailbox,
-          password: settings.password,
-          limits: { ...config.defaults.limits, ...settings.limits },
-          upstream: config.upstream,
+          credentials: credentials.get(mailbox) as UpstreamCredentials,
+          limits: settings.limits,
+          upstream: settings.upstream ?? config.upstream,
           retry: config.retry,
           hostname,
           spool,

@@ -1,7 +1,18 @@
 import { stringify } from "yaml";
 import type { Config } from "./schema.js";
 
-const SECRET_KEYS = new Set(["password", "sentinelPassword", "clientSecret", "token", "accessToken"]);
+const SECRET_KEYS = new Set([
+  "password",
+  "pass",
+  "sentinelPassword",
+  "clientSecret",
+  "client_secret",
+  "client_assertion",
+  "privateKey",
+  "token",
+  "accessToken",
+  "access_token",
+]);
 export const MASK = "********";
 
 /** A copy of the configuration with every secret replaced by a mask, for printing and logging. */

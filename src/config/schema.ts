@@ -1,6 +1,12 @@
 import bytes from "bytes";
 import ipaddr from "ipaddr.js";
 import { z } from "zod";
+import {
+  DEFAULT_UPSTREAM_PRESET,
+  UPSTREAM_PRESET_NAMES,
+  UPSTREAM_PRESETS,
+  type UpstreamPresetName,
+} from "./upstream-presets.js";
 
 /** `35MB`-style strings or plain byte counts. */
 const size = z.union([z.number().int().positive(), z.string()]).transform((value, ctx) => {
@@ -55,7 +61,7 @@ export const listenerSchema = z
       .number()
       .int()
       .positive()
-      .default(20)
+      .default(50)
       .describe("concurrent sessions from one address; more get 421"),
     socketTimeout: z
       .number()
@@ -72,29 +78,24 @@ export const listenerSchema = z
   })
   .strict();
 
+const limitFields = {
+  connections: z.number().int().positive().describe("open upstream connections at any instant"),
+  messagesPerMinute: z.number().int().positive().describe("messages per sliding minute"),
+  recipientsPerDay: z.number().int().positive().describe("recipients per sliding 24 hours"),
+  recipientsPerMessage: z.number().int().positive().describe("recipients per upstream transaction"),
+};
+
 export const limitsSchema = z
   .object({
-    connections: z.number().int().positive().default(3).describe("open upstream connections at any instant"),
-    messagesPerMinute: z.number().int().positive().default(30).describe("messages per sliding minute"),
-    recipientsPerDay: z.number().int().positive().default(10_000).describe("recipients per sliding 24 hours"),
-    recipientsPerMessage: z
-      .number()
-      .int()
-      .positive()
-      .default(500)
-      .describe("recipients per upstream transaction"),
+    connections: limitFields.connections.default(3),
+    messagesPerMinute: limitFields.messagesPerMinute.default(30),
+    recipientsPerDay: limitFields.recipientsPerDay.default(10_000),
+    recipientsPerMessage: limitFields.recipientsPerMessage.default(500),
   })
   .strict();
 
-export const mailboxSchema = z
-  .object({
-    password: z
-      .string()
-      .min(1)
-      .describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD} taken from the environment"),
-    limits: limitsSchema.partial().optional().describe("overrides of defaults.limits for this mailbox"),
-  })
-  .strict();
+/** Limits given explicitly (no defaults filled in), so the upstream preset's can apply to the rest. */
+const limitsOverrideSchema = z.object(limitFields).partial().strict();
 
 export const clientSchema = z
   .object({
@@ -133,13 +134,21 @@ export const clientSchema = z
     }
   });
 
-export const upstreamSchema = z
+const upstreamObjectSchema = z
   .object({
-    host: z.string().min(1).default("smtp.office365.com").describe("the submission server"),
-    port: z.number().int().min(1).max(65535).default(587).describe("its submission port"),
+    preset: z
+      .enum(UPSTREAM_PRESET_NAMES)
+      .default(DEFAULT_UPSTREAM_PRESET)
+      .describe(
+        "the service whose host, port, token scope and default limits apply (see docs/upstream-presets.md)",
+      ),
+    host: z.string().min(1).optional().describe("the submission server; default: the preset's host"),
+    port: z.number().int().min(1).max(65535).optional().describe("default: the preset's port"),
     tls: tlsMode
-      .default("starttls")
-      .describe("starttls (required, never falls back to clear text) | implicit | none"),
+      .optional()
+      .describe(
+        "starttls (required, never falls back to clear text) | implicit | none; default: the preset's",
+      ),
     ca: z.string().optional().describe("file with extra trusted CA certificates (PEM)"),
     connectionTimeout: z
       .number()
@@ -167,6 +176,94 @@ export const upstreamSchema = z
       .describe("close a connection and open a new one after this many messages"),
   })
   .strict();
+
+/** A preset name (`office365`, `hve`, ...) or an explicit `{ host, port, tls, ca, ... }` object, resolved. */
+export const upstreamSchema = z
+  .preprocess((value) => (typeof value === "string" ? { preset: value } : value), upstreamObjectSchema)
+  .transform((upstream) => {
+    const preset = UPSTREAM_PRESETS[upstream.preset as UpstreamPresetName];
+    return {
+      ...upstream,
+      host: upstream.host ?? preset.host,
+      port: upstream.port ?? preset.port,
+      tls: upstream.tls ?? preset.tls,
+      /** OAuth2 authority and scope the preset's service uses (oauth2.authority / oauth2.scope override). */
+      oauth2: { authority: preset.authority, scope: preset.scope },
+      /** The service's default limits (defaults.limits and mailboxes.<a>.limits override). */
+      limits: { ...preset.limits },
+    };
+  });
+
+export const oauth2Schema = z
+  .object({
+    tenant: z.string().min(1).describe("directory (tenant) id or name, e.g. contoso.onmicrosoft.com"),
+    clientId: z.string().min(1).describe("application (client) id of the app registration"),
+    clientSecret: z.string().min(1).optional().describe("client secret, e.g. ${SLUICE_CLIENT_SECRET}"),
+    certificate: z
+      .object({
+        key: z.string().min(1).describe("PEM file of the certificate's private key"),
+        cert: z.string().min(1).describe("PEM file of the certificate uploaded to the app registration"),
+      })
+      .strict()
+      .optional(),
+    authority: z
+      .string()
+      .regex(/^https:\/\/[^/]+\/?$/, "must be https://host (e.g. https://login.microsoftonline.us)")
+      .optional()
+      .describe("identity platform host; default: the upstream preset's (login.microsoftonline.com)"),
+    scope: z.string().min(1).optional().describe("token scope; default: the upstream preset's"),
+    ca: z
+      .string()
+      .optional()
+      .describe("file with extra trusted CA certificates (PEM) for the token endpoint"),
+    timeout: z
+      .number()
+      .int()
+      .positive()
+      .default(15_000)
+      .describe("ms to wait for the token endpoint before the mailbox's mail waits and retries"),
+  })
+  .strict()
+  .superRefine((oauth2, ctx) => {
+    if (!oauth2.clientSecret && !oauth2.certificate) {
+      ctx.addIssue({ code: "custom", path: ["clientSecret"], message: "required (or certificate)" });
+    }
+    if (oauth2.clientSecret && oauth2.certificate) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["certificate"],
+        message: "give clientSecret or certificate, not both",
+      });
+    }
+  });
+
+export const mailboxSchema = z
+  .object({
+    password: z
+      .string()
+      .min(1)
+      .optional()
+      .describe("password for upstream AUTH, e.g. ${SCANNER_PASSWORD}; or give oauth2 instead"),
+    oauth2: oauth2Schema.optional().describe("OAuth2 app-only (client credentials) instead of a password"),
+    username: z
+      .string()
+      .min(1)
+      .optional()
+      .describe(
+        "user name for upstream AUTH when it is not the mailbox address (ACS: <resource>.<appId>.<tenantId>)",
+      ),
+    upstream: upstreamSchema.optional().describe("this mailbox's upstream when it differs from `upstream`"),
+    limits: limitsOverrideSchema.optional().describe("overrides of defaults.limits for this mailbox"),
+  })
+  .strict()
+  .superRefine((mailbox, ctx) => {
+    if (!mailbox.password && !mailbox.oauth2) {
+      ctx.addIssue({ code: "custom", path: ["password"], message: "required" });
+    }
+    if (mailbox.password && mailbox.oauth2) {
+      ctx.addIssue({ code: "custom", path: ["oauth2"], message: "give password or oauth2, not both" });
+    }
+  });
 
 export const retrySchema = z
   .object({
@@ -311,7 +408,9 @@ export const configSchema = z
       .positive()
       .default(30_000)
       .describe("ms to finish sessions and deliveries on SIGTERM"),
-    upstream: upstreamSchema.default(upstreamSchema.parse({})).describe("where mail is delivered"),
+    upstream: upstreamSchema
+      .default(upstreamSchema.parse(DEFAULT_UPSTREAM_PRESET))
+      .describe("where mail is delivered: a preset name or { host, port, tls, ca, ... }"),
     retry: retrySchema.default(retrySchema.parse({})).describe("when failed deliveries are tried again"),
     authThrottle: z
       .object({
@@ -353,12 +452,12 @@ export const configSchema = z
       ),
     defaults: z
       .object({
-        limits: limitsSchema
-          .default(limitsSchema.parse({}))
-          .describe("limits of every mailbox unless it overrides them"),
+        limits: limitsOverrideSchema
+          .default({})
+          .describe("defaults for every mailbox; unset keys come from the mailbox's upstream preset"),
       })
       .strict()
-      .default({ limits: limitsSchema.parse({}) })
+      .default({ limits: {} })
       .describe("settings shared by all mailboxes"),
     mailboxes: z
       .record(email, mailboxSchema)
@@ -399,6 +498,25 @@ export const configSchema = z
         });
       }
     });
+  })
+  .transform(({ defaults, mailboxes, ...config }) => {
+    // limits: built-in < the upstream preset's < defaults.limits < the mailbox's own
+    const limitsFor = (upstream: { limits: Limits }, own: Partial<Limits> = {}): Limits => ({
+      ...limitsSchema.parse({}),
+      ...upstream.limits,
+      ...defaults.limits,
+      ...own,
+    });
+    return {
+      ...config,
+      defaults: { limits: limitsFor(config.upstream) },
+      mailboxes: Object.fromEntries(
+        Object.entries(mailboxes).map(([address, mailbox]) => [
+          address,
+          { ...mailbox, limits: limitsFor(mailbox.upstream ?? config.upstream, mailbox.limits) },
+        ]),
+      ),
+    };
   });
 
 export type Config = z.output<typeof configSchema>;
@@ -407,3 +525,5 @@ export type ClientConfig = Config["clients"][number];
 export type MailboxConfig = Config["mailboxes"][string];
 export type Limits = z.output<typeof limitsSchema>;
 export type AdminConfig = z.output<typeof adminSchema>;
+export type UpstreamConfig = z.output<typeof upstreamSchema>;
+export type OAuth2Config = z.output<typeof oauth2Schema>;

@@ -35,7 +35,7 @@ export interface ReplyRule {
   hint?: string;
 }
 
-const AUTH_HINT_BASE =
+export const AUTH_HINT_BASE =
   "the upstream refused to authenticate the mailbox: mail is kept and AUTH is retried slowly";
 
 /**
@@ -54,6 +54,12 @@ export const REPLY_TABLE: readonly ReplyRule[] = [
     action: "split-batch",
     category: "too-many-recipients",
     hint: "the upstream takes fewer recipients per message than configured: lower limits.recipientsPerMessage",
+  },
+  {
+    match: { code: 421, enhanced: "4.7.66" },
+    action: "retry",
+    category: "tls-too-old",
+    hint: "the upstream refuses TLS 1.0/1.1: sluice uses TLS 1.2 or newer, so something between them (a TLS-intercepting proxy or firewall) downgrades the connection; let port 587 through untouched",
   },
   { match: { class: 4, enhanced: ["4.7.500", "4.7.699"] }, action: "retry", category: "throttled" },
   { match: { class: 4 }, action: "retry", category: "temporary" },

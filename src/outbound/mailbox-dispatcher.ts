@@ -1,5 +1,7 @@
 import { DelayedError, type Job, UnrecoverableError, Worker } from "bullmq";
 import type { Redis } from "ioredis";
+import { TokenRefused, TokenUnavailable } from "../auth/token-errors.js";
+import type { UpstreamCredentials } from "../auth/upstream-credentials.js";
 import type { Limits } from "../config/schema.js";
 import type { ConnectionLeases } from "../limits/connection-leases.js";
 import type { MailboxBudget } from "../limits/mailbox-budget.js";
@@ -12,15 +14,17 @@ import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
 import type { MailboxPauses } from "./mailbox-pauses.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
 import {
+  openUpstream,
   type UpstreamConfig,
-  UpstreamConnection,
+  type UpstreamConnection,
   type UpstreamError,
   upstreamTlsOptions,
 } from "./upstream-connection.js";
 
 export interface MailboxDispatcherOptions {
   mailbox: string;
-  password: string;
+  /** A password, or OAuth2 tokens (see src/auth). */
+  credentials: UpstreamCredentials;
   limits: Limits;
   upstream: UpstreamConfig;
   retry: RetryConfig;
@@ -74,21 +78,7 @@ export class MailboxDispatcher {
         release: (id) => leases.release(mailbox, id),
         renewEveryMs: Math.max(100, Math.floor(options.leaseTtlMs / 3)),
       },
-      open: async () => {
-        const connection = new UpstreamConnection(
-          upstream,
-          tls,
-          { user: mailbox, pass: options.password },
-          options.hostname,
-        );
-        try {
-          await connection.open();
-        } catch (err) {
-          connection.close();
-          throw err;
-        }
-        return connection;
-      },
+      open: () => openUpstream(upstream, tls, options.credentials, options.hostname),
     });
     this.worker = new Worker<MessageJob>(spool.queueName(mailbox), (job, token) => this.deliver(job, token), {
       connection: options.connection,
@@ -234,8 +224,24 @@ export class MailboxDispatcher {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           return this.hold(job, token, jitter(500));
         }
+        if (err instanceof TokenUnavailable) {
+          this.logger.warn(
+            { ...log(), event: "deferred", err: err.message, waitMs: err.retryInMs },
+            "no OAuth2 token (token endpoint down or slow): message waits",
+          );
+          return this.hold(job, token, err.retryInMs + jitter(250));
+        }
+        if (err instanceof TokenRefused) {
+          const refused: Classification = {
+            action: "pause-auth",
+            category: "oauth2-token",
+            reply: err.message,
+            hint: err.hint,
+          };
+          return this.onFailure(job, token, batch.length, refused, log());
+        }
         const upstreamError = err as UpstreamError;
-        const verdict = classifyReply(upstreamError);
+        const verdict = this.options.credentials.explain(classifyReply(upstreamError));
         // reuse a connection only after a reply about this message; 421 and 432 condemn the connection itself
         healthy =
           upstreamError.responseCode !== undefined &&

@@ -2,15 +2,12 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { rootCertificates } from "node:tls";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
-import type { Config } from "../config/schema.js";
+import XOAuth2 from "nodemailer/lib/xoauth2";
+import type { UpstreamCredentials, UpstreamLogin } from "../auth/upstream-credentials.js";
+import type { UpstreamConfig } from "../config/schema.js";
+import { enhancedCodeOf } from "./classify-reply.js";
 
-export type UpstreamConfig = Config["upstream"];
-
-/** The credentials one mailbox authenticates with upstream. */
-export interface UpstreamCredentials {
-  user: string;
-  pass: string;
-}
+export type { UpstreamConfig };
 
 export interface SendResult {
   accepted: string[];
@@ -45,7 +42,7 @@ export class UpstreamConnection {
   constructor(
     upstream: UpstreamConfig,
     tls: ReturnType<typeof upstreamTlsOptions>,
-    private readonly credentials: UpstreamCredentials,
+    private readonly credentials: UpstreamLogin,
     clientName: string,
   ) {
     this.connection = new SMTPConnection({
@@ -79,8 +76,18 @@ export class UpstreamConnection {
         resolve();
       });
     });
+    const login = this.credentials;
+    const auth =
+      "accessToken" in login
+        ? {
+            user: login.user,
+            method: "XOAUTH2",
+            // a fixed token: nodemailer must not try to renew it itself (openUpstream refetches once)
+            oauth2: new XOAuth2({ user: login.user, accessToken: login.accessToken }),
+          }
+        : { user: login.user, pass: login.pass };
     await new Promise<void>((resolve, reject) => {
-      this.connection.login(this.credentials, (err) => (err ? reject(err) : resolve()));
+      this.connection.login(auth, (err) => (err ? reject(err) : resolve()));
     });
   }
 
@@ -124,5 +131,38 @@ export class UpstreamConnection {
       this.connection.close();
     }
     setTimeout(() => this.connection.close(), 1_000).unref();
+  }
+}
+
+/**
+ * Opens an authenticated connection for a mailbox. When the upstream refuses the login with 535 (not
+ * 5.7.139, SMTP AUTH disabled) and the credentials have a replacement (a fresh OAuth2 token), tries once more
+ * on a new connection; the second refusal is the caller's to classify.
+ */
+export async function openUpstream(
+  upstream: UpstreamConfig,
+  tls: ReturnType<typeof upstreamTlsOptions>,
+  credentials: UpstreamCredentials,
+  clientName: string,
+): Promise<UpstreamConnection> {
+  const attempt = async (login: UpstreamLogin) => {
+    const connection = new UpstreamConnection(upstream, tls, login, clientName);
+    try {
+      await connection.open();
+      return connection;
+    } catch (err) {
+      connection.close();
+      throw err;
+    }
+  };
+  const first = await credentials.login();
+  try {
+    return await attempt(first);
+  } catch (err) {
+    const error = err as UpstreamError;
+    if (error.responseCode !== 535 || enhancedCodeOf(error.response) === "5.7.139") throw err;
+    const second = await credentials.afterRefusal(first);
+    if (!second) throw err;
+    return attempt(second);
   }
 }

@@ -15,6 +15,11 @@ export const EXCHANGE_REPLIES = {
     message: "5.7.11 Encryption required for requested authentication mechanism",
   },
   authFailed: { code: 535, message: "5.7.3 Authentication unsuccessful" },
+  smtpAuthDisabled: {
+    code: 535,
+    message:
+      "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox. Visit https://aka.ms/smtp_auth_disabled for more information.",
+  },
   sendAsDenied: {
     code: 554,
     message:

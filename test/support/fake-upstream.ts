@@ -38,6 +38,8 @@ export interface FakeUpstreamOptions {
   socketTimeoutMs?: number;
   /** When given, AUTH XOAUTH2 is offered; a token is accepted when validateToken returns true. */
   oauth2?: { validateToken(user: string, token: string): boolean };
+  /** Mailboxes with SMTP AUTH disabled: any AUTH as them gets `535 5.7.139`. Default none. */
+  smtpAuthDisabled?: string[];
   /** SIZE limit; larger messages get `552 5.3.4`. Default 35 MiB (Exchange Online's default). */
   maxMessageBytes?: number;
   /** TCP port to listen on. Default: a free one (0). Give a stopped fake's port to replace it. */
@@ -168,6 +170,7 @@ class FakeExchange implements FakeUpstream {
       socketTimeoutMs: 60_000,
       maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
       maxRecipients: 500,
+      smtpAuthDisabled: [],
       name: "fake-upstream.outlook.test",
       port: 0,
       ...withoutUndefined(options),
@@ -364,6 +367,11 @@ class FakeExchange implements FakeUpstream {
     callback: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void,
   ): void {
     const login = (auth.username ?? "").toLowerCase();
+    if (this.settings.smtpAuthDisabled.some((address) => address.toLowerCase() === login)) {
+      this.authFailures++;
+      callback(replyError(EXCHANGE_REPLIES.smtpAuthDisabled));
+      return;
+    }
     const mailbox = this.mailboxes.get(login);
     const accepted =
       auth.method === "XOAUTH2"

@@ -48,7 +48,7 @@ export async function startTestRelay(raw: Record<string, unknown>): Promise<Test
   );
   const { config } = parseConfig(
     {
-      listen: [{ port: 0, host: "127.0.0.1" }],
+      listen: [{ port: 0, host: "127.0.0.1", maxClientsPerAddress: 1_000 }],
       redisPrefix: uniquePrefix(),
       dataDir: mkdtempSync(join(tmpdir(), "sluice-data-")),
       retry: { firstDelay: 200, factor: 2, maxDelay: 1_000 },
