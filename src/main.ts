@@ -4,6 +4,8 @@ import type { Redis } from "ioredis";
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
+import { MailboxChooser } from "./inbound/mailbox-chooser.js";
+import { ClientQuotas } from "./limits/client-quotas.js";
 import { ConnectionLeases } from "./limits/connection-leases.js";
 import { MailboxBudget } from "./limits/mailbox-budget.js";
 import { createLogger, type Logger } from "./logger.js";
@@ -22,6 +24,8 @@ export interface Relay {
   readonly addresses: { host: string; port: number }[];
   readonly spool: Spool;
   readonly logger: Logger;
+  /** Reads the inbound TLS certificate again (SIGHUP); open sessions keep theirs. Throws when unusable. */
+  reloadTls(): Promise<void>;
   /** Stops accepting, lets sessions in DATA and running deliveries finish, closes Redis. */
   stop(): Promise<void>;
 }
@@ -105,7 +109,10 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     cleanups.push(async () => {
       await Promise.all(dispatchers.map((d) => d.close()));
     });
-    const frontDoor = new FrontDoor({ config, hostname, policy, spool, logger });
+    const limitsOf = (mailbox: string) => ({ ...config.defaults.limits, ...config.mailboxes[mailbox]?.limits });
+    const chooser = new MailboxChooser({ budget, limitsOf, queuedCount: (m) => spool.queuedCount(m) });
+    const quotas = new ClientQuotas(ingest, config.redisPrefix);
+    const frontDoor = new FrontDoor({ config, hostname, policy, chooser, quotas, spool, logger });
     cleanups.push(() => frontDoor.stop(config.shutdownTimeout));
     await frontDoor.start();
 
@@ -114,6 +121,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
       addresses: frontDoor.addresses(),
       spool,
       logger,
+      reloadTls: () => frontDoor.reloadTls(),
       stop: () => {
         stopping ??= (async () => {
           logger.info("stopping: new sessions get 421, finishing messages in DATA and running deliveries");
