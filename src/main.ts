@@ -109,7 +109,10 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     cleanups.push(async () => {
       await Promise.all(dispatchers.map((d) => d.close()));
     });
-    const limitsOf = (mailbox: string) => ({ ...config.defaults.limits, ...config.mailboxes[mailbox]?.limits });
+    const limitsOf = (mailbox: string) => ({
+      ...config.defaults.limits,
+      ...config.mailboxes[mailbox]?.limits,
+    });
     const chooser = new MailboxChooser({ budget, limitsOf, queuedCount: (m) => spool.queuedCount(m) });
     const quotas = new ClientQuotas(ingest, config.redisPrefix);
     const frontDoor = new FrontDoor({ config, hostname, policy, chooser, quotas, spool, logger });

@@ -1,6 +1,12 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { ClientConfig, Config } from "../config/schema.js";
-import { type Network, networkContains, normalizeAddress, parseNetwork, senderMatches } from "./client-matching.js";
+import {
+  type Network,
+  networkContains,
+  normalizeAddress,
+  parseNetwork,
+  senderMatches,
+} from "./client-matching.js";
 import { SmtpReply } from "./smtp-reply.js";
 
 export { normalizeAddress } from "./client-matching.js";

@@ -71,7 +71,9 @@ export function rewriteFrom(block: Buffer, mailbox: string): Buffer {
     const at = last ? last.end : 0;
     const ending = last?.lineEnding || "\r\n";
     const prefix = last && !last.lineEnding ? ending : "";
-    return spliceBlock(block, [{ start: at, end: at, insert: Buffer.from(`${prefix}From: ${mailbox}${ending}`) }]);
+    return spliceBlock(block, [
+      { start: at, end: at, insert: Buffer.from(`${prefix}From: ${mailbox}${ending}`) },
+    ]);
   }
   const from = readFrom(block);
   const original = rawValue(block, first);
@@ -84,12 +86,17 @@ export function rewriteFrom(block: Buffer, mailbox: string): Buffer {
   if (!replyTo && from.addresses.length) {
     insert.push(Buffer.from("Reply-To:"), original, Buffer.from(ending));
   }
-  const edits: { start: number; end: number; insert: Buffer }[] = [{ start: first.start, end: first.end, insert: Buffer.concat(insert) }];
+  const edits: { start: number; end: number; insert: Buffer }[] = [
+    { start: first.start, end: first.end, insert: Buffer.concat(insert) },
+  ];
   // further From fields (invalid, but seen) go: Exchange would judge the message by them too
-  for (const extra of froms.slice(1)) edits.push({ start: extra.start, end: extra.end, insert: Buffer.alloc(0) });
+  for (const extra of froms.slice(1))
+    edits.push({ start: extra.start, end: extra.end, insert: Buffer.alloc(0) });
   const result = spliceBlock(block, edits);
   // a From that ended the block without a line ending: so does its replacement
-  return first.lineEnding || first.end < block.length ? result : result.subarray(0, result.length - ending.length);
+  return first.lineEnding || first.end < block.length
+    ? result
+    : result.subarray(0, result.length - ending.length);
 }
 
 function decodeWords(value: string): string {

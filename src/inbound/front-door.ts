@@ -103,8 +103,7 @@ export class FrontDoor {
         logger: false,
         onConnect: (session, callback) => this.onConnect(session, callback),
         onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, callback),
-        onMailFrom: (address, session, callback) =>
-          settle(this.onMailFrom(address, session), callback),
+        onMailFrom: (address, session, callback) => settle(this.onMailFrom(address, session), callback),
         onRcptTo: (address, session, callback) => settle(this.onRcptTo(address, session), callback),
         onData: (stream, session, callback) => {
           this.onData(stream, session).then(
@@ -208,7 +207,12 @@ export class FrontDoor {
     const match = this.options.policy.match(identityOf(session), sender);
     if (match.client) return match.client;
     this.options.logger.info(
-      { remote: session.remoteAddress, username: identityOf(session).username, sender, reply: match.refusal.message },
+      {
+        remote: session.remoteAddress,
+        username: identityOf(session).username,
+        sender,
+        reply: match.refusal.message,
+      },
       "refused: no client entry matches",
     );
     throw match.refusal;

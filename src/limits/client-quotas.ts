@@ -90,6 +90,8 @@ function key(client: ClientConfig): string {
 export function quotaText(client: string, exceeded: QuotaExceeded): string {
   const what = exceeded.quota === "maxMessagesPerHour" ? "messages per hour" : "recipients per day";
   const later =
-    exceeded.retryInMs > 0 ? `; try again in ${Math.ceil(exceeded.retryInMs / 60_000)} min` : "; try again later";
+    exceeded.retryInMs > 0
+      ? `; try again in ${Math.ceil(exceeded.retryInMs / 60_000)} min`
+      : "; try again later";
   return `Quota exceeded: client ${client} may send ${exceeded.limit} ${what} (${exceeded.quota})${later}`;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, parseConfig } from "../../src/config/load.js";
+import { type ConfigError, parseConfig } from "../../src/config/load.js";
 import { shadowedClients } from "../../src/inbound/client-matching.js";
 import { ClientPolicy } from "../../src/inbound/client-policy.js";
 import { type MailboxLoad, pickMailbox } from "../../src/inbound/mailbox-chooser.js";
@@ -23,13 +23,30 @@ function policyOf(clients: unknown[]) {
 
 const CLIENTS = [
   // username + senders: the ERP's invoices and its alerts go out as different mailboxes
-  { name: "erp-alerts", username: "erp", password: "p", senders: ["alerts@erp.local"], mailbox: "alerts@contoso.com" },
+  {
+    name: "erp-alerts",
+    username: "erp",
+    password: "p",
+    senders: ["alerts@erp.local"],
+    mailbox: "alerts@contoso.com",
+  },
   { name: "erp", username: "erp", password: "p", mailbox: "scanner@contoso.com" },
   // networks + senders: the monitoring box on the printer network
-  { name: "monitoring", networks: ["10.0.2.50/32"], senders: ["*@monitoring.local"], mailbox: "alerts@contoso.com" },
+  {
+    name: "monitoring",
+    networks: ["10.0.2.50/32"],
+    senders: ["*@monitoring.local"],
+    mailbox: "alerts@contoso.com",
+  },
   { name: "printers", networks: ["10.0.2.0/24", "fd00:1::/64"], mailbox: "scanner@contoso.com" },
   // username + networks: the newsletter tool only from its own server
-  { name: "newsletter", username: "news", password: "n", networks: ["10.0.9.0/24"], mailboxes: ["news1@contoso.com", "news2@contoso.com"] },
+  {
+    name: "newsletter",
+    username: "news",
+    password: "n",
+    networks: ["10.0.9.0/24"],
+    mailboxes: ["news1@contoso.com", "news2@contoso.com"],
+  },
 ];
 
 describe("which client: every matching rule and their order", () => {
@@ -90,7 +107,10 @@ describe("which client: every matching rule and their order", () => {
       "news1@contoso.com",
       "news2@contoso.com",
     ]);
-    expect(policy.fromAddressesOf("alerts@contoso.com")).toEqual(["alerts@contoso.com", "noreply@contoso.com"]);
+    expect(policy.fromAddressesOf("alerts@contoso.com")).toEqual([
+      "alerts@contoso.com",
+      "noreply@contoso.com",
+    ]);
   });
 });
 
@@ -100,10 +120,31 @@ describe("check-config", () => {
       { name: "all-printers", networks: ["10.0.0.0/8"], mailbox: "scanner@contoso.com" },
       { name: "floor2", networks: ["10.0.2.0/24"], mailbox: "alerts@contoso.com" },
       { name: "erp", username: "erp", password: "p", mailbox: "scanner@contoso.com" },
-      { name: "erp-alerts", username: "erp", password: "p", senders: ["a@erp.local"], mailbox: "alerts@contoso.com" },
-      { name: "mon-any", networks: ["172.16.0.0/16"], senders: ["*@mon.local"], mailbox: "alerts@contoso.com" },
-      { name: "mon-one", networks: ["172.16.1.0/24"], senders: ["x@mon.local"], mailbox: "alerts@contoso.com" },
-      { name: "mon-other", networks: ["172.16.1.0/24"], senders: ["x@other.local"], mailbox: "alerts@contoso.com" },
+      {
+        name: "erp-alerts",
+        username: "erp",
+        password: "p",
+        senders: ["a@erp.local"],
+        mailbox: "alerts@contoso.com",
+      },
+      {
+        name: "mon-any",
+        networks: ["172.16.0.0/16"],
+        senders: ["*@mon.local"],
+        mailbox: "alerts@contoso.com",
+      },
+      {
+        name: "mon-one",
+        networks: ["172.16.1.0/24"],
+        senders: ["x@mon.local"],
+        mailbox: "alerts@contoso.com",
+      },
+      {
+        name: "mon-other",
+        networks: ["172.16.1.0/24"],
+        senders: ["x@other.local"],
+        mailbox: "alerts@contoso.com",
+      },
     ]);
     const shadowed = warnings.filter((w) => w.includes("can never match"));
     expect(shadowed).toEqual([
@@ -134,7 +175,14 @@ describe("check-config", () => {
       expect.stringContaining("unknown mailbox nope@contoso.com"),
     ]);
     expect(
-      problems([{ name: "a", networks: ["10.0.0.1"], mailbox: "scanner@contoso.com", mailboxes: ["news1@contoso.com"] }]),
+      problems([
+        {
+          name: "a",
+          networks: ["10.0.0.1"],
+          mailbox: "scanner@contoso.com",
+          mailboxes: ["news1@contoso.com"],
+        },
+      ]),
     ).toEqual([expect.stringContaining("mailbox or mailboxes, not both")]);
     expect(
       problems([
