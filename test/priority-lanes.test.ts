@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
-import { startTestRelay, type TestRelay, tempFile, waitFor } from "./support/relay.js";
+import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
 import { buildMessage, openSubmission, submit } from "./support/smtp-client.js";
 
 const MAILBOX = "newsletter@contoso.com";

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
 import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
-import { startTestRelay, type TestRelay, tempFile, uniquePrefix, waitFor } from "./support/relay.js";
+import { startTestRelay, type TestRelay, tempFile, uniquePrefix } from "./support/relay.js";
 import { buildMessage, openRawSmtp, openSubmission, submit } from "./support/smtp-client.js";
 
 const SCANNER = "scanner@contoso.com";
@@ -32,7 +32,7 @@ function send(r: TestRelay, options: { from: string; to?: string[]; localAddress
   return submit({
     port: r.port,
     localAddress: options.localAddress ?? "127.0.0.2",
-    startTls: options.user ? true : false,
+    startTls: !!options.user,
     rejectUnauthorized: false,
     ...(options.user ? { auth: { user: options.user, pass: "pw" } } : {}),
     from: options.from,
