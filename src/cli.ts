@@ -53,6 +53,16 @@ program
         },
       );
     };
+    process.on("SIGHUP", () => {
+      relay
+        .reloadTls()
+        .catch((err) =>
+          logger.error(
+            { err: (err as Error).message },
+            "TLS certificate not reloaded: the old one stays in use; fix the files and send SIGHUP again",
+          ),
+        );
+    });
     process.once("SIGTERM", () => shutdown("SIGTERM"));
     process.once("SIGINT", () => shutdown("SIGINT"));
   });

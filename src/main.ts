@@ -9,6 +9,8 @@ import { type UpstreamCredentials, upstreamCredentials } from "./auth/upstream-c
 import type { Config } from "./config/schema.js";
 import { ClientPolicy } from "./inbound/client-policy.js";
 import { FrontDoor } from "./inbound/front-door.js";
+import { MailboxChooser } from "./inbound/mailbox-chooser.js";
+import { ClientQuotas } from "./limits/client-quotas.js";
 import { ConnectionLeases } from "./limits/connection-leases.js";
 import { MailboxBudget } from "./limits/mailbox-budget.js";
 import { createLogger, type Logger } from "./logger.js";
@@ -33,6 +35,8 @@ export interface Relay {
   readonly admin?: { host: string; port: number };
   /** Lifecycle events (deliveries, retries, failures, SMTP sessions) of this relay. */
   readonly events: RelayEvents;
+  /** Reads the inbound TLS certificate again (SIGHUP); open sessions keep theirs. Throws when unusable. */
+  reloadTls(): Promise<void>;
   /** Stops accepting, lets sessions in DATA and running deliveries finish, closes Redis. */
   stop(): Promise<void>;
 }
@@ -149,7 +153,13 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     cleanups.push(async () => {
       await Promise.all(dispatchers.map((d) => d.close(config.shutdownTimeout)));
     });
-    const frontDoor = new FrontDoor({ config, hostname, policy, spool, logger, events });
+    const limitsOf = (mailbox: string) => ({
+      ...config.defaults.limits,
+      ...config.mailboxes[mailbox]?.limits,
+    });
+    const chooser = new MailboxChooser({ budget, limitsOf, queuedCount: (m) => spool.queuedCount(m) });
+    const quotas = new ClientQuotas(ingest, config.redisPrefix);
+    const frontDoor = new FrontDoor({ config, hostname, policy, chooser, quotas, spool, logger, events });
     cleanups.push(() => frontDoor.stop(config.shutdownTimeout));
     await frontDoor.start();
 
@@ -181,6 +191,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
       logger,
       admin: admin?.address(),
       events,
+      reloadTls: () => frontDoor.reloadTls(),
       stop: () => {
         stopping ??= (async () => {
           logger.info("stopping: new sessions get 421, finishing messages in DATA and running deliveries");

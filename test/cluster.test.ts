@@ -22,7 +22,7 @@ function clusterConfig() {
     // connections are the limit under test; the rate budget would make 300 messages take 10 minutes
     defaults: { limits: { connections: 3, messagesPerMinute: 100_000 } },
     mailboxes: { [MAILBOX]: { password: "pw" } },
-    clients: [{ name: "apps", networks: ["127.0.0.0/8"] }],
+    clients: [{ name: "apps", networks: ["127.0.0.0/8"], from: "keep" }],
   });
 }
 
@@ -110,7 +110,7 @@ describe("a mailbox shared by several relay processes", () => {
         upstream: { host: "127.0.0.1", port: slow.upstream.port, ca: slow.caFile },
         defaults: { limits: { connections: 3, messagesPerMinute: 100_000 } },
         mailboxes: { [MAILBOX]: { password: "pw" } },
-        clients: [{ name: "apps", networks: ["127.0.0.0/8"] }],
+        clients: [{ name: "apps", networks: ["127.0.0.0/8"], from: "keep" }],
       });
       const relays = [0, 1, 2].map(() => startRelayProcess(file));
       processes.push(...relays);

@@ -21,8 +21,8 @@ async function relay(extra: Record<string, unknown> = {}) {
     upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
     mailboxes: { [MAILBOX]: { password: "pw1" }, [OTHER]: { password: "pw2" } },
     clients: [
-      { name: "printers", networks: ["127.0.0.2/32"], mailbox: MAILBOX },
-      { name: "reports", networks: ["127.0.0.3/32"], mailbox: OTHER },
+      { name: "printers", networks: ["127.0.0.2/32"], mailbox: MAILBOX, from: "keep" },
+      { name: "reports", networks: ["127.0.0.3/32"], mailbox: OTHER, from: "keep" },
     ],
     ...extra,
   });

@@ -22,8 +22,8 @@ function relayConfig(extra: Record<string, unknown> = {}) {
     upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
     mailboxes: { [MAILBOX]: { password: MAILBOX_PASSWORD } },
     clients: [
-      { name: "floor2-printers", networks: ["127.0.0.2/32"] },
-      { name: "erp", username: "erp", password: "erp-pass" },
+      { name: "floor2-printers", networks: ["127.0.0.2/32"], from: "keep" },
+      { name: "erp", username: "erp", password: "erp-pass", from: "keep" },
     ],
     ...extra,
   };
@@ -137,7 +137,7 @@ describe("an application", () => {
   });
 
   it("may not AUTH on a listener without TLS unless the listener allows it", async () => {
-    const r = await relay({ tls: undefined });
+    const r = await relay({ tls: undefined, listen: [{ port: 0, host: "127.0.0.1", tls: "none" }] });
     const session = await openRawSmtp({ port: r.port });
     await session.greeting();
     const ehlo = await session.command("EHLO app.example");
@@ -306,7 +306,7 @@ describe("durability", () => {
     const holding = await relay({
       redisPrefix: prefix,
       mailboxes: {},
-      clients: [{ name: "loopback", networks: ["127.0.0.0/8"] }],
+      clients: [{ name: "loopback", networks: ["127.0.0.0/8"], from: "keep" }],
     });
     const result = await submit({
       port: holding.port,
@@ -318,7 +318,10 @@ describe("durability", () => {
     expect(result.ok, result.response).toBe(true);
     await holding.stop();
     expect(upstream.messages).toHaveLength(0);
-    await relay({ redisPrefix: prefix, clients: [{ name: "loopback", networks: ["127.0.0.0/8"] }] });
+    await relay({
+      redisPrefix: prefix,
+      clients: [{ name: "loopback", networks: ["127.0.0.0/8"], from: "keep" }],
+    });
     const [delivered] = await upstream.waitForMessages(1);
     expect(delivered?.rcptTo).toEqual(["held@example.com"]);
   });

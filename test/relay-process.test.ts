@@ -35,7 +35,7 @@ beforeAll(async () => {
       "mailboxes:",
       `  ${MAILBOX}: { password: "\${TEST_MAILBOX_PASSWORD}" }`,
       "clients:",
-      "  - { name: loopback, networks: [127.0.0.0/8] }",
+      "  - { name: loopback, networks: [127.0.0.0/8], from: keep }",
     ].join("\n"),
   );
 });

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { parseDocument } from "yaml";
 import type { z } from "zod";
+import { shadowedClients } from "../inbound/client-matching.js";
 import { type Config, configSchema } from "./schema.js";
 
 /** A configuration that cannot be used; `problems` are `path: what is wrong` lines. */
@@ -136,10 +137,11 @@ function warningsFor(config: Config): string[] {
   for (const listener of config.listen) {
     if (listener.tls === "implicit" && !config.tls) {
       warnings.push(
-        `listener ${listener.host}:${listener.port} wants implicit TLS but tls.cert/tls.key are not set`,
+        `listener ${listener.host}:${listener.port} uses implicit TLS with a generated self-signed certificate: set tls.cert and tls.key for one clients can verify`,
       );
     }
   }
+  warnings.push(...shadowedClients(config.clients));
   return warnings;
 }
 

@@ -40,17 +40,39 @@ const email = z
 
 const tlsMode = z.enum(["starttls", "implicit", "none"]);
 
+const tlsVersion = z.enum(["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]);
+
+/** Peers trusted to say who the real client is: IPv4/IPv6 addresses (not networks; smtp-server compares them). */
+const trustedPeers = z.array(
+  z.string().refine((value) => ipaddr.isValid(value), { message: "not an IPv4/IPv6 address" }),
+);
+
 export const listenerSchema = z
   .object({
     port: z.number().int().min(0).max(65535).describe("TCP port to listen on"),
     host: z.string().default("0.0.0.0").describe("address to bind"),
     tls: tlsMode
       .default("starttls")
-      .describe("starttls (offered when tls.cert is set), implicit (TLS from the first byte), or none"),
+      .describe(
+        "starttls (with tls.cert, or a self-signed certificate made once in dataDir), implicit (TLS from the first byte), or none",
+      ),
     allowInsecureAuth: z
       .boolean()
       .default(false)
       .describe("allow AUTH on a connection without TLS (old printers)"),
+    minVersion: tlsVersion
+      .default("TLSv1.2")
+      .describe("oldest TLS version accepted on this listener; TLSv1 for old printers"),
+    ciphers: z
+      .string()
+      .optional()
+      .describe(
+        "OpenSSL cipher list; default: Node's, with @SECLEVEL=0 added when minVersion is below TLSv1.2",
+      ),
+    proxyProtocol: trustedPeers
+      .optional()
+      .describe("load balancers that must send a PROXY protocol header (v1); others connect directly"),
+    xclient: trustedPeers.optional().describe("peers allowed to use XCLIENT to name the real client"),
     maxClients: z
       .number()
       .int()
@@ -97,15 +119,42 @@ export const limitsSchema = z
 /** Limits given explicitly (no defaults filled in), so the upstream preset's can apply to the rest. */
 const limitsOverrideSchema = z.object(limitFields).partial().strict();
 
+/** `user@domain` or `*@domain`, compared case-insensitively. */
+const senderPattern = z
+  .string()
+  .regex(/^(\*|[^\s@<>*]+)@[^\s@<>*]+$/, "not an address or *@domain pattern")
+  .transform((value) => value.toLowerCase());
+
 export const clientSchema = z
   .object({
     name: z.string().min(1).describe("a name for logs and metrics"),
     networks: z.array(cidr).optional().describe("addresses allowed to submit without AUTH"),
     username: z.string().min(1).optional().describe("AUTH user name"),
     password: z.string().min(1).optional().describe("AUTH password"),
+    senders: z
+      .array(senderPattern)
+      .min(1)
+      .optional()
+      .describe("envelope senders (MAIL FROM) this entry matches: addresses or *@domain"),
     mailbox: email
       .optional()
       .describe("mailbox this client's mail is sent as; may be left out when exactly one is configured"),
+    mailboxes: z
+      .array(email)
+      .min(1)
+      .optional()
+      .describe("a pool: each message goes to the member with the most free budget"),
+    from: z
+      .enum(["keep", "rewrite", "reject"])
+      .default("reject")
+      .describe("From header policy: keep (SendAs), rewrite to the mailbox, reject anything else"),
+    priority: z
+      .enum(["interactive", "bulk"])
+      .default("interactive")
+      .describe("interactive mail of a mailbox always goes before bulk mail"),
+    maxMessagesPerHour: z.number().int().positive().optional().describe("messages per sliding hour"),
+    maxRecipientsPerDay: z.number().int().positive().optional().describe("recipients per sliding 24 hours"),
+    maxRecipientsPerMessage: z.number().int().positive().optional().describe("recipients per message"),
     onFailure: z
       .enum(["none", "bounce", "webhook"])
       .default("none")
@@ -125,12 +174,17 @@ export const clientSchema = z
     if (!client.networks?.length && !client.username) {
       ctx.addIssue({
         code: "custom",
-        message: "give networks, or username and password",
+        message: client.senders
+          ? "senders alone can be forged by anyone: give networks, or username and password, as well"
+          : "give networks, or username and password",
         path: ["networks"],
       });
     }
     if (client.username && !client.password) {
       ctx.addIssue({ code: "custom", message: "required", path: ["password"] });
+    }
+    if (client.mailbox && client.mailboxes) {
+      ctx.addIssue({ code: "custom", message: "give mailbox or mailboxes, not both", path: ["mailboxes"] });
     }
   });
 
@@ -254,6 +308,10 @@ export const mailboxSchema = z
       ),
     upstream: upstreamSchema.optional().describe("this mailbox's upstream when it differs from `upstream`"),
     limits: limitsOverrideSchema.optional().describe("overrides of defaults.limits for this mailbox"),
+    aliases: z
+      .array(email)
+      .default([])
+      .describe("other From addresses this mailbox may send as (proxy addresses, SendAs rights)"),
   })
   .strict()
   .superRefine((mailbox, ctx) => {
@@ -473,31 +531,41 @@ export const configSchema = z
   .superRefine((config, ctx) => {
     const mailboxes = Object.keys(config.mailboxes);
     config.clients.forEach((client, index) => {
-      if (client.mailbox && !mailboxes.includes(client.mailbox)) {
-        ctx.addIssue({
-          code: "custom",
-          path: ["clients", index, "mailbox"],
-          message: `unknown mailbox ${client.mailbox}: add it under mailboxes`,
-        });
+      for (const [key, names] of [
+        ["mailbox", client.mailbox ? [client.mailbox] : []],
+        ["mailboxes", client.mailboxes ?? []],
+      ] as const) {
+        for (const name of names) {
+          if (!mailboxes.includes(name)) {
+            ctx.addIssue({
+              code: "custom",
+              path: ["clients", index, key],
+              message: `unknown mailbox ${name}: add it under mailboxes`,
+            });
+          }
+        }
       }
-      if (!client.mailbox && mailboxes.length > 1) {
+      if (!client.mailbox && !client.mailboxes && mailboxes.length > 1) {
         ctx.addIssue({
           code: "custom",
           path: ["clients", index, "mailbox"],
-          message: "required when more than one mailbox is configured",
+          message: "required when more than one mailbox is configured (or give a pool in mailboxes)",
         });
       }
     });
-    const usernames = config.clients.map((c) => c.username).filter(Boolean);
-    usernames.forEach((name, i) => {
-      if (usernames.indexOf(name) !== i) {
+    // One username may appear in several entries (e.g. with different senders), with one password.
+    const passwords = new Map<string, string | undefined>();
+    for (const client of config.clients) {
+      if (!client.username) continue;
+      if (passwords.has(client.username) && passwords.get(client.username) !== client.password) {
         ctx.addIssue({
           code: "custom",
           path: ["clients"],
-          message: `username ${name} is used by two clients`,
+          message: `username ${client.username} is used by two clients with different passwords`,
         });
       }
-    });
+      passwords.set(client.username, client.password);
+    }
   })
   .transform(({ defaults, mailboxes, ...config }) => {
     // limits: built-in < the upstream preset's < defaults.limits < the mailbox's own

@@ -1,23 +1,15 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import ipaddr from "ipaddr.js";
 import type { ClientConfig, Config } from "../config/schema.js";
+import {
+  type Network,
+  networkContains,
+  normalizeAddress,
+  parseNetwork,
+  senderMatches,
+} from "./client-matching.js";
+import { SmtpReply } from "./smtp-reply.js";
 
-type Network = [ipaddr.IPv4 | ipaddr.IPv6, number];
-
-function parseNetwork(value: string): Network {
-  if (value.includes("/")) return ipaddr.parseCIDR(value);
-  const address = ipaddr.parse(value);
-  return [address, address.kind() === "ipv4" ? 32 : 128];
-}
-
-/** IPv4-mapped IPv6 addresses (::ffff:10.0.2.7) are treated as the IPv4 address they carry. */
-export function normalizeAddress(address: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
-  try {
-    return ipaddr.process(address.replace(/%.*$/, ""));
-  } catch {
-    return undefined;
-  }
-}
+export { normalizeAddress } from "./client-matching.js";
 
 function sameSecret(given: string, expected: string): boolean {
   const a = createHash("sha256").update(given).digest();
@@ -25,45 +17,109 @@ function sameSecret(given: string, expected: string): boolean {
   return timingSafeEqual(a, b);
 }
 
-/** Who may submit, and as which mailbox their mail goes out. */
+/** Who is submitting: the AUTH user name (if any) and the address the connection comes from. */
+export interface SessionIdentity {
+  username?: string | undefined;
+  remoteAddress: string;
+}
+
+export type ClientMatch = { client: ClientConfig } | { client?: undefined; refusal: SmtpReply };
+
+interface Entry {
+  client: ClientConfig;
+  networks: Network[] | undefined;
+}
+
+/**
+ * Who may submit, and as which mailbox their mail goes out. An entry matches when everything it gives
+ * matches: `username` (only sessions that authenticated as that user; entries without one only match
+ * sessions that did not authenticate), `networks` (the remote address), `senders` (the envelope sender).
+ * The first matching entry wins.
+ */
 export class ClientPolicy {
-  private readonly networks: { client: ClientConfig; networks: Network[] }[];
+  private readonly entries: Entry[];
   private readonly onlyMailbox: string | null;
 
   constructor(private readonly config: Pick<Config, "clients" | "mailboxes">) {
-    this.networks = config.clients
-      .filter((client) => client.networks?.length)
-      .map((client) => ({ client, networks: (client.networks ?? []).map(parseNetwork) }));
+    this.entries = config.clients.map((client) => ({
+      client,
+      networks: client.networks?.map(parseNetwork),
+    }));
     const mailboxes = Object.keys(config.mailboxes);
     this.onlyMailbox = mailboxes.length === 1 ? (mailboxes[0] as string) : null;
   }
 
-  /** The first client whose networks contain the address (IPv4, IPv6, IPv4-mapped IPv6). */
-  byAddress(remoteAddress: string): ClientConfig | undefined {
-    const address = normalizeAddress(remoteAddress);
-    if (!address) return undefined;
-    for (const { client, networks } of this.networks) {
-      for (const [range, bits] of networks) {
-        if (range.kind() === address.kind() && address.match(range, bits)) return client;
+  /** The first entry matching the session and envelope sender, or the reply that says why none does. */
+  match(identity: SessionIdentity, sender: string): ClientMatch {
+    let identityMatched: ClientConfig | undefined;
+    for (const entry of this.entries) {
+      if (!this.identityMatches(entry, identity)) continue;
+      identityMatched ??= entry.client;
+      const { senders } = entry.client;
+      if (!senders || (sender !== "" && senders.some((pattern) => senderMatches(pattern, sender)))) {
+        return { client: entry.client };
       }
     }
-    return undefined;
+    const shown = sender === "" ? "<> (null sender)" : sender;
+    if (identity.username !== undefined) {
+      return {
+        refusal: new SmtpReply(
+          550,
+          "5.7.1",
+          `Sender ${shown} not allowed for user ${identity.username}: add it to senders of a clients entry with username ${identity.username}`,
+        ),
+      };
+    }
+    if (identityMatched) {
+      return {
+        refusal: new SmtpReply(
+          550,
+          "5.7.1",
+          `Sender ${shown} not allowed from ${identity.remoteAddress}: add it to senders of a clients entry for this network`,
+        ),
+      };
+    }
+    return { refusal: new SmtpReply(530, "5.7.0", "Authentication required") };
+  }
+
+  private identityMatches(entry: Entry, identity: SessionIdentity): boolean {
+    if (entry.client.username !== identity.username) return false;
+    if (!entry.networks) return true;
+    const address = normalizeAddress(identity.remoteAddress);
+    return address !== undefined && entry.networks.some((network) => networkContains(network, address));
   }
 
   byName(name: string): ClientConfig | undefined {
     return this.config.clients.find((client) => client.name === name);
   }
 
-  /** The client with this username and password, compared in constant time; undefined when they do not match. */
-  authenticate(username: string, password: string): ClientConfig | undefined {
+  /** Whether the username is known and the password is its password, compared in constant time. */
+  authenticate(username: string, password: string): boolean {
     const client = this.config.clients.find((c) => c.username !== undefined && c.username === username);
     // compare even when the user is unknown, so timing does not tell which usernames exist
     const ok = sameSecret(password, client?.password ?? "\0no such user");
-    return client && ok ? client : undefined;
+    return client !== undefined && ok;
   }
 
-  /** The mailbox a client's mail is sent as, or null when none is configured yet (mail is held). */
+  /** The mailboxes a client's mail may go out as (one, or a pool); empty while none is configured (held). */
+  mailboxesFor(client: ClientConfig): string[] {
+    if (client.mailboxes) return [...client.mailboxes];
+    const mailbox = client.mailbox ?? this.onlyMailbox;
+    return mailbox ? [mailbox] : [];
+  }
+
+  /** A mailbox name the client uses that is not configured (possible only when the config was not validated). */
+  unknownMailbox(client: ClientConfig): string | undefined {
+    return this.mailboxesFor(client).find((mailbox) => !(mailbox in this.config.mailboxes));
+  }
+
+  /** The mailbox a client's mail is sent as when it has a single one (held mail: null). */
   mailboxFor(client: ClientConfig): string | null {
-    return client.mailbox ?? this.onlyMailbox;
+    return this.mailboxesFor(client)[0] ?? null;
+  }
+
+  /** The From addresses a mailbox may use: itself and its aliases. */
+  fromAddressesOf(mailbox: string): string[] {
+    return [mailbox, ...(this.config.mailboxes[mailbox]?.aliases ?? [])];
   }
 }

@@ -1,5 +1,5 @@
-import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
+import tls from "node:tls";
 import {
   SMTPServer,
   type SMTPServerAddress,
@@ -7,13 +7,19 @@ import {
   type SMTPServerDataStream,
   type SMTPServerSession,
 } from "smtp-server";
-import type { Config, ListenerConfig } from "../config/schema.js";
+import type { ClientConfig, Config, ListenerConfig } from "../config/schema.js";
+import { type ClientQuotas, quotaText } from "../limits/client-quotas.js";
+import { estimateDrainMs } from "../limits/drain-estimate.js";
 import type { Logger } from "../logger.js";
 import type { RelayEvents } from "../relay-events.js";
 import type { MessageJob } from "../spool/message-job.js";
 import { newQueueId, type Spool } from "../spool/spool.js";
 import { isForwardableAddress } from "./addresses.js";
-import type { ClientPolicy } from "./client-policy.js";
+import type { ClientPolicy, SessionIdentity } from "./client-policy.js";
+import { fromIsAllowed, fromRefusal, readFrom, rewriteFrom } from "./from-policy.js";
+import { headerBlockEnd } from "./header-block.js";
+import { type InboundCertificate, listenerTlsOptions, loadInboundCertificate } from "./inbound-tls.js";
+import type { MailboxChooser, MailboxLoad } from "./mailbox-chooser.js";
 import { findMessageId, receivedHeader } from "./received-header.js";
 import { SessionGuard } from "./session-guard.js";
 import { preferOwnEnhancedStatusCodes, SmtpReply } from "./smtp-reply.js";
@@ -22,10 +28,21 @@ export interface FrontDoorOptions {
   config: Readonly<Config>;
   hostname: string;
   policy: ClientPolicy;
+  /** Picks the member of a mailbox pool; also reports the queue for the drain estimate. */
+  chooser: MailboxChooser;
+  quotas: ClientQuotas;
   spool: Spool;
   logger: Logger;
   /** Where sessions, accepted and refused messages are announced (metrics). */
   events?: RelayEvents;
+}
+
+/** Where an accepted message goes, with its (possibly rewritten) header block. */
+interface Route {
+  mailbox: string | null;
+  block: Buffer;
+  load?: MailboxLoad;
+  fromRewritten: boolean;
 }
 
 interface Listener {
@@ -33,13 +50,33 @@ interface Listener {
   server: SMTPServer;
 }
 
-const HEAD_BYTES = 64 * 1024;
+/** The header block is buffered up to this size to apply the From policy; the rest streams through. */
+const HEADER_LIMIT = 256 * 1024;
+
+const shuttingDown = () => new SmtpReply(421, "4.3.2", "Service shutting down, try again later");
+const queueUnavailable = () => new SmtpReply(451, "4.3.0", "Queue temporarily unavailable, try again later");
+
+function identityOf(session: SMTPServerSession): SessionIdentity {
+  return {
+    username: typeof session.user === "string" ? session.user : undefined,
+    remoteAddress: session.remoteAddress,
+  };
+}
+
+/** Runs an async handler and hands its outcome to smtp-server's callback. */
+function settle(work: Promise<void>, callback: (err?: Error | null) => void) {
+  work.then(
+    () => callback(),
+    (err: Error) => callback(err),
+  );
+}
 
 /** The SMTP front door: one smtp-server per `listen` entry, accepting mail into the spool. */
 export class FrontDoor {
   private readonly listeners: Listener[] = [];
   private closing = false;
   private inData = 0;
+  private certificate: InboundCertificate | undefined;
   private readonly guard: SessionGuard;
   /** Sessions admitted by the guard, with their start time. */
   private readonly sessionStarts = new Map<string, { address: string; at: number }>();
@@ -51,15 +88,12 @@ export class FrontDoor {
   }
 
   async start(): Promise<void> {
-    const { config } = this.options;
-    const tls = config.tls
-      ? { key: readFileSync(config.tls.key), cert: readFileSync(config.tls.cert) }
-      : undefined;
+    const { config, logger } = this.options;
+    if (config.listen.some((listener) => listener.tls !== "none")) {
+      this.certificate = await loadInboundCertificate(config, this.options.hostname, logger);
+    }
     for (const listener of config.listen) {
-      if (listener.tls === "implicit" && !tls) {
-        throw new Error(`listen ${listener.host}:${listener.port}: tls: implicit needs tls.cert and tls.key`);
-      }
-      const offerStartTls = listener.tls === "starttls" && tls !== undefined;
+      const certificate = listener.tls === "none" ? undefined : this.certificate;
       const { events } = this.options;
       // the bound address, known once listening (port 0 in the config means any free port)
       let label = `${listener.host}:${listener.port}`;
@@ -73,14 +107,16 @@ export class FrontDoor {
         name: this.options.hostname,
         banner: "sluice ready",
         secure: listener.tls === "implicit",
-        ...(tls ?? {}),
+        ...(certificate ? listenerTlsOptions(listener, certificate) : {}),
         size: config.maxMessageSize,
         authMethods: ["PLAIN", "LOGIN"],
         authOptional: true,
         allowInsecureAuth: listener.allowInsecureAuth,
-        disabledCommands: offerStartTls || listener.tls === "implicit" ? [] : ["STARTTLS"],
+        disabledCommands: listener.tls === "starttls" ? [] : ["STARTTLS"],
         hideENHANCEDSTATUSCODES: false,
         disableReverseLookup: true,
+        useProxy: listener.proxyProtocol ?? false,
+        useXClient: listener.xclient ?? false,
         closeTimeout: Math.min(config.shutdownTimeout, 5_000),
         logger: false,
         maxClients: listener.maxClients,
@@ -91,24 +127,20 @@ export class FrontDoor {
         },
         onClose: (session) => this.onClose(session),
         onAuth: (auth, session, callback) => this.onAuth(listener, auth, session, counted(callback)),
-        onMailFrom: (address, session, callback) => this.onMailFrom(address, session, counted(callback)),
-        onRcptTo: (address, _session, callback) => this.onRcptTo(address, counted(callback)),
+        onMailFrom: (address, session, callback) =>
+          settle(this.onMailFrom(address, session), counted(callback)),
+        onRcptTo: (address, session, callback) => settle(this.onRcptTo(address, session), counted(callback)),
         onData: (stream, session, callback) => {
           this.onData(stream, session).then(
-            (reply) => {
-              const client = this.clientOf(session);
-              events?.emit("accepted", {
-                listener: label,
-                client: client?.name ?? "",
-                mailbox: client ? this.options.policy.mailboxFor(client) : null,
-              });
+            ({ reply, client, mailbox }) => {
+              events?.emit("accepted", { listener: label, client, mailbox });
               callback(null, reply);
             },
             (err: Error) => counted(callback)(err),
           );
         },
       });
-      server.on("error", (err) => this.options.logger.warn({ err: err.message }, "smtp listener error"));
+      server.on("error", (err) => logger.warn({ err: err.message }, "smtp listener error"));
       await new Promise<void>((resolve, reject) => {
         server.server.once("error", reject);
         server.listen(listener.port, listener.host, () => {
@@ -119,16 +151,35 @@ export class FrontDoor {
       this.listeners.push({ config: listener, server });
       this.sweeper ??= setInterval(() => this.closeOverlongSessions(), 1_000).unref();
       label = `${listener.host}:${(server.server.address() as AddressInfo).port}`;
-      this.options.logger.info(
+      logger.info(
         {
           host: listener.host,
           port: (server.server.address() as AddressInfo).port,
           tls: listener.tls,
-          startTls: offerStartTls,
+          startTls: listener.tls === "starttls",
+          ...(certificate ? { minVersion: listener.minVersion, certificate: certificate.source } : {}),
+          ...(listener.proxyProtocol ? { proxyProtocol: listener.proxyProtocol } : {}),
+          ...(listener.xclient ? { xclient: listener.xclient } : {}),
         },
         "smtp listener ready",
       );
     }
+  }
+
+  /**
+   * Reads the certificate again (after it was renewed) and uses it for new TLS sessions; sessions already
+   * open keep theirs. When the new files cannot be used the old certificate stays and this throws.
+   */
+  async reloadTls(): Promise<void> {
+    if (!this.certificate) return;
+    const { config, hostname, logger } = this.options;
+    const next = await loadInboundCertificate(config, hostname, logger);
+    const secured = this.listeners.filter((l) => l.config.tls !== "none");
+    // check every context first, so a bad key leaves every listener on the old certificate
+    for (const l of secured) tls.createSecureContext(listenerTlsOptions(l.config, next));
+    for (const l of secured) l.server.updateSecureContext(listenerTlsOptions(l.config, next));
+    this.certificate = next;
+    logger.info({ cert: next.certFile, source: next.source }, "inbound TLS certificate reloaded");
   }
 
   /** Bound addresses, in `listen` order (port 0 in the config becomes the real port). */
@@ -156,7 +207,7 @@ export class FrontDoor {
     session: SMTPServerSession,
     callback: (err?: Error | null) => void,
   ) {
-    if (this.closing) return callback(new SmtpReply(421, "4.3.2", "Service shutting down, try again later"));
+    if (this.closing) return callback(shuttingDown());
     const refusal = this.guard.admit(session.remoteAddress, listener.maxClientsPerAddress);
     if (refusal) {
       this.options.logger.warn(
@@ -211,8 +262,8 @@ export class FrontDoor {
     }
     const blocked = this.guard.authBlocked(session.remoteAddress);
     if (blocked) return callback(blocked);
-    const client = this.options.policy.authenticate(auth.username ?? "", auth.password ?? "");
-    if (!client) {
+    const username = auth.username ?? "";
+    if (!this.options.policy.authenticate(username, auth.password ?? "")) {
       const delay = this.guard.authFailed(session.remoteAddress);
       this.options.logger.warn(
         { remote: session.remoteAddress, username: auth.username, delayMs: delay },
@@ -222,44 +273,77 @@ export class FrontDoor {
       return;
     }
     this.guard.authSucceeded(session.remoteAddress);
-    callback(null, { user: client.name });
+    callback(null, { user: username });
   }
 
-  private clientOf(session: SMTPServerSession) {
-    const { policy } = this.options;
-    return typeof session.user === "string"
-      ? policy.byName(session.user)
-      : policy.byAddress(session.remoteAddress);
+  /** The client entry of a session and envelope sender; throws the reply when there is none. */
+  private clientOf(session: SMTPServerSession, sender: string): ClientConfig {
+    const match = this.options.policy.match(identityOf(session), sender);
+    if (match.client) return match.client;
+    this.options.logger.info(
+      {
+        remote: session.remoteAddress,
+        username: identityOf(session).username,
+        sender,
+        reply: match.refusal.message,
+      },
+      "refused: no client entry matches",
+    );
+    throw match.refusal;
   }
 
-  private onMailFrom(
-    address: SMTPServerAddress,
-    session: SMTPServerSession,
-    callback: (err?: Error | null) => void,
-  ) {
-    if (this.closing) return callback(new SmtpReply(421, "4.3.2", "Service shutting down, try again later"));
-    const client = this.clientOf(session);
-    if (!client) {
-      this.options.logger.info(
-        { remote: session.remoteAddress },
-        "refused: address not in any client network and no AUTH",
-      );
-      return callback(new SmtpReply(530, "5.7.0", "Authentication required"));
-    }
+  private async onMailFrom(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
+    if (this.closing) throw shuttingDown();
+    const client = this.clientOf(session, address.address);
     if (address.address !== "" && !isForwardableAddress(address.address)) {
-      return callback(new SmtpReply(553, "5.1.7", `Bad sender address syntax: ${address.address}`));
+      throw new SmtpReply(553, "5.1.7", `Bad sender address syntax: ${address.address}`);
     }
-    callback();
+    const unknown = this.options.policy.unknownMailbox(client);
+    if (unknown) {
+      throw new SmtpReply(
+        550,
+        "5.7.1",
+        `Client ${client.name} sends as mailbox ${unknown}, which is not configured: add it under mailboxes`,
+      );
+    }
+    await this.checkQuota(client, 0);
   }
 
-  private onRcptTo(address: SMTPServerAddress, callback: (err?: Error | null) => void) {
+  private async onRcptTo(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
     if (!isForwardableAddress(address.address)) {
-      return callback(new SmtpReply(553, "5.1.3", `Bad recipient address syntax: ${address.address}`));
+      throw new SmtpReply(553, "5.1.3", `Bad recipient address syntax: ${address.address}`);
     }
-    callback();
+    const client = this.clientOf(session, session.envelope.mailFrom ? session.envelope.mailFrom.address : "");
+    const count = session.envelope.rcptTo.length + 1;
+    const perMessage = client.maxRecipientsPerMessage;
+    if (perMessage !== undefined && count > perMessage) {
+      throw new SmtpReply(
+        452,
+        "4.5.3",
+        `Too many recipients: client ${client.name} may send to ${perMessage} recipients per message (maxRecipientsPerMessage); send the rest in another message`,
+      );
+    }
+    await this.checkQuota(client, count);
   }
 
-  private async onData(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
+  /** Refuses early (452 4.7.1) when the client's hourly or daily quota would be exceeded. */
+  private async checkQuota(client: ClientConfig, recipients: number): Promise<void> {
+    let exceeded: Awaited<ReturnType<ClientQuotas["check"]>>;
+    try {
+      exceeded = await this.options.quotas.check(client, recipients);
+    } catch {
+      throw queueUnavailable();
+    }
+    if (exceeded) {
+      this.options.logger.info({ client: client.name, ...exceeded }, "refused: client quota exceeded");
+      throw new SmtpReply(452, "4.7.1", quotaText(client.name, exceeded));
+    }
+  }
+
+  private async onData(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+  ): Promise<{ reply: string; client: string; mailbox: string | null }> {
     this.inData++;
     try {
       return await this.receive(stream, session);
@@ -268,52 +352,94 @@ export class FrontDoor {
     }
   }
 
-  private async receive(stream: SMTPServerDataStream, session: SMTPServerSession): Promise<string> {
-    const { spool, logger, policy, config } = this.options;
-    const client = this.clientOf(session);
+  private async receive(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+  ): Promise<{ reply: string; client: string; mailbox: string | null }> {
+    const { spool, logger, config, quotas } = this.options;
     const id = newQueueId();
     const envelope = session.envelope;
     const recipients = envelope.rcptTo.map((r) => r.address);
+    const sender = envelope.mailFrom ? envelope.mailFrom.address : "";
+    const client = this.options.policy.match(identityOf(session), sender).client;
     const writer = spool.openBody(id);
     let failure: Error | undefined;
+    let refusal: SmtpReply | undefined;
+    let route: Route | undefined;
     const write = async (chunk: Buffer) => {
-      if (failure) return;
+      if (failure || refusal) return;
       try {
         await writer.write(chunk);
       } catch (err) {
         failure = err as Error;
       }
     };
-    await write(
-      receivedHeader({
-        id,
-        hostname: this.options.hostname,
-        helo: session.hostNameAppearsAs,
-        clientHostname: session.clientHostname,
-        remoteAddress: session.remoteAddress,
-        tls: session.secure,
-        authenticated: typeof session.user === "string",
-        recipients,
-        date: new Date(),
-      }),
-    );
-    let head = Buffer.alloc(0);
+    // The header block is held back until it is complete, so the From policy can look at (and rewrite) it.
+    let head: Buffer = Buffer.alloc(0);
+    let headDone = false;
+    const finishHead = async (complete: boolean) => {
+      headDone = true;
+      let end = headerBlockEnd(head);
+      if (end < 0 && complete) end = head.length; // headers only, no body
+      if (!client) return;
+      try {
+        const decided = await this.route(client, head, end, recipients.length);
+        if (decided instanceof SmtpReply) refusal = decided;
+        else route = decided;
+      } catch (err) {
+        failure = err as Error;
+      }
+      if (!route) return;
+      await write(
+        receivedHeader({
+          id,
+          hostname: this.options.hostname,
+          helo: session.hostNameAppearsAs,
+          clientHostname: session.clientHostname,
+          remoteAddress: session.remoteAddress,
+          tls: session.secure,
+          authenticated: typeof session.user === "string",
+          recipients,
+          date: new Date(),
+        }),
+      );
+      await write(route.block);
+      if (end >= 0) await write(head.subarray(end));
+    };
     for await (const chunk of stream as AsyncIterable<Buffer>) {
-      if (head.length < HEAD_BYTES) head = Buffer.concat([head, chunk.subarray(0, HEAD_BYTES - head.length)]);
+      if (!headDone) {
+        const searchFrom = Math.max(0, head.length - 3);
+        head = head.length ? Buffer.concat([head, chunk]) : chunk;
+        if (headerBlockEnd(head, searchFrom) >= 0 || head.length >= HEADER_LIMIT) await finishHead(false);
+        continue;
+      }
       if (!stream.sizeExceeded) await write(chunk);
     }
+    if (!headDone) await finishHead(true);
     if (stream.sizeExceeded) {
       await writer.abort();
       logger.info({ id, remote: session.remoteAddress }, "refused: message larger than maxMessageSize");
       throw new SmtpReply(552, "5.3.4", `Message too big: the limit is ${config.maxMessageSize} bytes`);
     }
-    if (!client) throw new SmtpReply(530, "5.7.0", "Authentication required");
-    const mailbox = policy.mailboxFor(client);
+    if (!client) {
+      await writer.abort();
+      const match = this.options.policy.match(identityOf(session), sender);
+      throw match.client ? queueUnavailable() : match.refusal;
+    }
+    if (refusal) {
+      await writer.abort();
+      logger.info(
+        { id, client: client.name, remote: session.remoteAddress, reply: refusal.message },
+        "refused at end of DATA",
+      );
+      throw refusal;
+    }
+    const mailbox = route?.mailbox ?? null;
     logger.info(
       {
         event: "received",
         id,
-        messageId: findMessageId(head),
+        messageId: findMessageId(route?.block ?? head.subarray(0, HEADER_LIMIT)),
         client: client.name,
         mailbox,
         remote: session.remoteAddress,
@@ -322,19 +448,36 @@ export class FrontDoor {
       },
       "message received",
     );
+    let quotaTaken = false;
+    if (!failure && route) {
+      try {
+        const exceeded = await quotas.take(client, id, Math.max(1, recipients.length));
+        if (exceeded) {
+          await writer.abort();
+          logger.info({ id, client: client.name, ...exceeded }, "refused: client quota exceeded");
+          throw new SmtpReply(452, "4.7.1", quotaText(client.name, exceeded));
+        }
+        quotaTaken = true;
+      } catch (err) {
+        if (err instanceof SmtpReply) throw err;
+        failure = err as Error;
+      }
+    }
     const job: MessageJob = {
       id,
       client: client.name,
       mailbox,
-      mailFrom: envelope.mailFrom ? envelope.mailFrom.address : "",
+      mailFrom: sender,
       recipients,
       delivered: [],
       refused: [],
+      priority: client.priority,
       size: writer.size,
-      messageId: findMessageId(head),
+      messageId: findMessageId(route?.block ?? head.subarray(0, HEADER_LIMIT)),
       remoteAddress: session.remoteAddress,
       receivedAt: Date.now(),
     };
+    if (!failure && !route) failure = new Error("no route decided");
     if (!failure) {
       try {
         await writer.flush();
@@ -345,11 +488,12 @@ export class FrontDoor {
     }
     if (failure) {
       await writer.abort();
+      if (quotaTaken) await quotas.refund(client, id).catch(() => {});
       logger.error(
         { id, err: failure.message, client: client.name },
         "could not queue message: redis write failed",
       );
-      throw new SmtpReply(451, "4.3.0", "Queue temporarily unavailable, try again later");
+      throw queueUnavailable();
     }
     logger.info(
       {
@@ -358,11 +502,60 @@ export class FrontDoor {
         messageId: job.messageId,
         client: job.client,
         mailbox,
+        priority: client.priority,
         size: job.size,
         recipients: recipients.length,
+        ...(route?.fromRewritten ? { fromRewritten: true } : {}),
       },
       mailbox ? "message queued" : "message held: no mailbox is configured yet",
     );
-    return `2.0.0 Ok: queued as ${id}`;
+    if (route?.load) this.logBacklog(route.load, id);
+    return { reply: `2.0.0 Ok: queued as ${id}`, client: client.name, mailbox };
+  }
+
+  /**
+   * Picks the mailbox (the pool member with the most free budget among those the From policy allows) and
+   * applies the From policy to the header block `head[0, end)`; end -1: no complete header block.
+   */
+  private async route(
+    client: ClientConfig,
+    head: Buffer,
+    end: number,
+    recipients: number,
+  ): Promise<Route | SmtpReply> {
+    const { policy, chooser } = this.options;
+    const pool = policy.mailboxesFor(client);
+    const complete = end >= 0;
+    const block = complete ? head.subarray(0, end) : Buffer.alloc(0);
+    if (!pool.length) return { mailbox: null, block, fromRewritten: false };
+    if (!complete && client.from !== "keep") {
+      return new SmtpReply(
+        552,
+        "5.3.4",
+        `Message header too big: the From policy reads at most ${HEADER_LIMIT / 1024} KB of headers`,
+      );
+    }
+    let candidates = pool;
+    const from = client.from === "keep" ? undefined : readFrom(block);
+    if (client.from === "reject" && from) {
+      candidates = pool.filter((mailbox) => fromIsAllowed(from, policy.fromAddressesOf(mailbox)));
+      if (!candidates.length) return fromRefusal(from, pool, client.name);
+    }
+    const load = await chooser.choose(candidates, Math.max(1, recipients));
+    if (client.from === "rewrite" && from && !fromIsAllowed(from, policy.fromAddressesOf(load.mailbox))) {
+      return { mailbox: load.mailbox, block: rewriteFrom(block, load.mailbox), load, fromRewritten: true };
+    }
+    return { mailbox: load.mailbox, block, load, fromRewritten: false };
+  }
+
+  /** When a message waits behind others, says how long the mailbox's queue takes at its budget. */
+  private logBacklog(load: MailboxLoad, id: string): void {
+    const queuedMessages = load.queued + 1;
+    const etaMs = estimateDrainMs({ queuedMessages, limits: load.limits, usage: load.usage });
+    if (etaMs <= 0) return;
+    this.options.logger.info(
+      { event: "backlog", id, mailbox: load.mailbox, queued: queuedMessages, etaMs },
+      "message queued behind a backlog",
+    );
   }
 }

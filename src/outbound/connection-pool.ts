@@ -59,6 +59,11 @@ export class ConnectionPool {
     return this.idle.length + this.busy.size + this.opening;
   }
 
+  /** Connections sending or being opened right now (not idle). */
+  get inUse(): number {
+    return this.busy.size + this.opening;
+  }
+
   /** An idle connection, or a new one under a fresh lease. Throws NoConnectionSlot, or the upstream's error. */
   async acquire(): Promise<UpstreamConnection> {
     while (this.idle.length) {

@@ -145,6 +145,11 @@ export class MailboxDispatcher {
       );
       return;
     }
+    const budgetLimits = await this.laneLimits(job);
+    if (!budgetLimits) {
+      this.logger.debug({ ...log(), event: "deferred" }, "bulk message steps aside: interactive mail waits");
+      return this.hold(job, token, jitter(250));
+    }
     const deferred: string[] = [];
     while (job.data.recipients.length) {
       const batchSize = Math.min(
@@ -153,7 +158,7 @@ export class MailboxDispatcher {
       );
       const batch = job.data.recipients.slice(0, batchSize);
       const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
-      const decision = await budget.take(mailbox, { id: takeId, recipients: batch.length }, limits);
+      const decision = await budget.take(mailbox, { id: takeId, recipients: batch.length }, budgetLimits);
       if (!decision.ok) {
         if (decision.retryInMs < 0) {
           throw new UnrecoverableError(
@@ -171,7 +176,8 @@ export class MailboxDispatcher {
           },
           `mailbox budget ${decision.budget} spent: message waits until the window frees`,
         );
-        return this.hold(job, token, decision.retryInMs + 50);
+        // bulk wakes later than interactive mail held for the same window, so interactive goes first
+        return this.hold(job, token, decision.retryInMs + 50 + (job.data.priority === "bulk" ? 1_000 : 0));
       }
       let connection: UpstreamConnection | undefined;
       let healthy = false;
@@ -283,6 +289,18 @@ export class MailboxDispatcher {
       },
       job.data.refused.length ? "message delivered; some recipients refused" : "message delivered",
     );
+  }
+
+  /**
+   * The budget limits a job may use. Bulk mail leaves the last connection slot and the last message of the
+   * minute window to interactive mail while any is waiting: undefined = step aside now.
+   */
+  private async laneLimits(job: Job<MessageJob>): Promise<Limits | undefined> {
+    const { limits, spool, mailbox } = this.options;
+    if (job.data.priority !== "bulk") return limits;
+    if ((await spool.interactiveWaiting(mailbox)) === 0) return limits;
+    if (limits.messagesPerMinute <= 1 || this.pool.inUse >= limits.connections - 1) return undefined;
+    return { ...limits, messagesPerMinute: limits.messagesPerMinute - 1 };
   }
 
   /** Acts on the reply table's verdict; always throws (hold, retry or fail). */

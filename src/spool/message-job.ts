@@ -18,6 +18,8 @@ export interface MessageJob {
   deferred?: string[];
   /** Recipients per upstream transaction, when the upstream asked for fewer (452 4.5.3). */
   batchSize?: number;
+  /** The client's lane: interactive mail of a mailbox goes before bulk mail. Missing: interactive. */
+  priority?: "interactive" | "bulk";
   size: number;
   messageId?: string;
   remoteAddress: string;

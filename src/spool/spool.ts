@@ -6,6 +6,9 @@ import type { MessageJob } from "./message-job.js";
 /** Queue that holds mail of clients with no mailbox yet; it has no worker. */
 export const HELD_QUEUE = "held";
 
+/** BullMQ job priority per lane (lower runs first). */
+export const JOB_PRIORITY = { interactive: 1, bulk: 10 } as const;
+
 /** A body written but not yet queued expires on its own, so a failed submission leaves nothing behind. */
 const UNCOMMITTED_BODY_TTL_MS = 15 * 60_000;
 const FLUSH_BYTES = 512 * 1024;
@@ -61,7 +64,7 @@ export class Spool {
   /** Queues the job of a fully written body and makes the body permanent. Throws if Redis did not confirm. */
   async commit(job: MessageJob): Promise<void> {
     const queue = this.queue(job.mailbox);
-    await queue.add("deliver", job, { ...this.jobOptions, jobId: job.id });
+    await queue.add("deliver", job, this.addOptions(job));
     try {
       const persisted = await this.redis.persist(this.bodyKey(job.id));
       if (persisted !== 1) throw new Error("message body expired before it was queued");
@@ -83,6 +86,26 @@ export class Spool {
     }
   }
 
+  private addOptions(job: MessageJob): JobsOptions {
+    return { ...this.jobOptions, jobId: job.id, priority: JOB_PRIORITY[job.priority ?? "interactive"] };
+  }
+
+  /** Messages of a mailbox not yet delivered: waiting, held (delayed) and being sent. */
+  async queuedCount(mailbox: string): Promise<number> {
+    return this.queue(mailbox).getJobCountByTypes("waiting", "prioritized", "delayed", "active");
+  }
+
+  /** Interactive messages of a mailbox ready to be sent (not held). */
+  async interactiveWaiting(mailbox: string): Promise<number> {
+    const queue = this.queue(mailbox);
+    const [counts, waiting] = await Promise.all([
+      queue.getCountsPerPriority([JOB_PRIORITY.interactive]),
+      queue.getWaitingCount(),
+    ]);
+    // jobs queued before lanes existed have no priority and wait in the plain list: interactive too
+    return (counts[JOB_PRIORITY.interactive] ?? 0) + waiting;
+  }
+
   /** Moves held mail to the queue of the mailbox its client now resolves to; returns how many moved. */
   async releaseHeld(mailboxFor: (job: MessageJob) => string | null): Promise<number> {
     const held = this.queue(null);
@@ -90,11 +113,7 @@ export class Spool {
     for (const job of await held.getJobs(["waiting", "delayed", "prioritized"])) {
       const mailbox = mailboxFor(job.data);
       if (!mailbox || !job.id) continue;
-      await this.queue(mailbox).add(
-        "deliver",
-        { ...job.data, mailbox },
-        { ...this.jobOptions, jobId: job.id },
-      );
+      await this.queue(mailbox).add("deliver", { ...job.data, mailbox }, this.addOptions(job.data));
       await job.remove();
       moved++;
     }

@@ -16,27 +16,28 @@ const { config } = parseConfig(
   "test",
 );
 const policy = new ClientPolicy(config);
+const byAddress = (remoteAddress: string) => policy.match({ remoteAddress }, "device@example.com").client;
 
 describe("who may submit", () => {
   it("matches IPv4, IPv6 and IPv4-mapped IPv6 addresses against client networks", () => {
-    expect(policy.byAddress("10.0.2.17")?.name).toBe("printers");
-    expect(policy.byAddress("::ffff:10.0.2.17")?.name).toBe("printers");
-    expect(policy.byAddress("fd00:1::abcd")?.name).toBe("printers");
-    expect(policy.byAddress("192.168.7.9")?.name).toBe("single");
+    expect(byAddress("10.0.2.17")?.name).toBe("printers");
+    expect(byAddress("::ffff:10.0.2.17")?.name).toBe("printers");
+    expect(byAddress("fd00:1::abcd")?.name).toBe("printers");
+    expect(byAddress("192.168.7.9")?.name).toBe("single");
   });
 
   it("refuses addresses outside every network", () => {
-    expect(policy.byAddress("10.0.3.1")).toBeUndefined();
-    expect(policy.byAddress("::ffff:10.0.3.1")).toBeUndefined();
-    expect(policy.byAddress("fd00:2::1")).toBeUndefined();
-    expect(policy.byAddress("192.168.7.10")).toBeUndefined();
-    expect(policy.byAddress("not an address")).toBeUndefined();
+    expect(byAddress("10.0.3.1")).toBeUndefined();
+    expect(byAddress("::ffff:10.0.3.1")).toBeUndefined();
+    expect(byAddress("fd00:2::1")).toBeUndefined();
+    expect(byAddress("192.168.7.10")).toBeUndefined();
+    expect(byAddress("not an address")).toBeUndefined();
   });
 
   it("authenticates by username and password only when both match", () => {
-    expect(policy.authenticate("erp", "erp-pass")?.name).toBe("erp");
-    expect(policy.authenticate("erp", "wrong")).toBeUndefined();
-    expect(policy.authenticate("nobody", "erp-pass")).toBeUndefined();
+    expect(policy.authenticate("erp", "erp-pass")).toBe(true);
+    expect(policy.authenticate("erp", "wrong")).toBe(false);
+    expect(policy.authenticate("nobody", "erp-pass")).toBe(false);
   });
 
   it("sends as the only configured mailbox when a client names none", () => {

@@ -107,7 +107,7 @@ describe("configuration", () => {
     const held = loadConfig({ env: {}, cwd: dir });
     expect(held.source).toBe("built-in defaults");
     expect(held.config.listen).toMatchObject([
-      { port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false },
+      { port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false, minVersion: "TLSv1.2" },
     ]);
     expect(held.config.clients[0]?.networks).toEqual(["127.0.0.0/8", "::1/128"]);
     expect(held.warnings.join()).toMatch(/no mailbox configured/);

@@ -1,0 +1,78 @@
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { createTestPki } from "./support/certs.js";
+import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
+import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
+import { buildMessage, openSubmission, submit } from "./support/smtp-client.js";
+
+const MAILBOX = "newsletter@contoso.com";
+const BULK = 2_000;
+const INTERACTIVE = 5;
+const redisUrl = inject("redisUrl");
+
+let upstream: FakeUpstream;
+let relay: TestRelay;
+
+beforeAll(async () => {
+  const pki = await createTestPki();
+  upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: { [MAILBOX]: "pw" } });
+  relay = await startTestRelay({
+    redis: redisUrl,
+    upstream: { host: "127.0.0.1", port: upstream.port, ca: tempFile("ca.pem", pki.ca) },
+    mailboxes: {
+      [MAILBOX]: { password: "pw", limits: { messagesPerMinute: 100_000, recipientsPerDay: 100_000 } },
+    },
+    clients: [
+      { name: "scanner", networks: ["127.0.0.2/32"], from: "keep" },
+      { name: "newsletter", networks: ["127.0.0.3/32"], from: "keep", priority: "bulk" },
+    ],
+  });
+}, 60_000);
+
+afterAll(async () => {
+  await relay?.stop();
+  await upstream?.stop();
+});
+
+describe("priority lanes", () => {
+  it("delivers interactive mail submitted during a 2,000-message bulk run before the bulk queue drains", async () => {
+    const queue = relay.spool.queue(MAILBOX);
+    // the bulk run is queued in full before delivery starts, so there is a backlog to jump
+    await queue.pause();
+    const bulk = await openSubmission({ port: relay.port, localAddress: "127.0.0.3", startTls: false });
+    for (let i = 0; i < BULK; i++) {
+      const to = [`reader${i}@example.org`];
+      const raw = buildMessage({ from: "news@contoso.com", to, subject: `bulk-${i}`, bodyBytes: 256 });
+      expect((await bulk.send({ from: "news@contoso.com", to }, raw)).code).toBe(250);
+    }
+    await bulk.close();
+    await queue.resume();
+    await upstream.waitForMessages(100, 60_000);
+    for (let i = 0; i < INTERACTIVE; i++) {
+      const to = [`colleague${i}@example.org`];
+      const result = await submit({
+        port: relay.port,
+        localAddress: "127.0.0.2",
+        startTls: false,
+        from: "scanner@printers.local",
+        to,
+        raw: buildMessage({ from: "scanner@printers.local", to, subject: `interactive-${i}` }),
+      });
+      expect(result.code).toBe(250);
+    }
+    await upstream.waitForMessages(BULK + INTERACTIVE, 120_000);
+    const subjects = upstream.messages.map(
+      (m) => /^Subject: (\S+)/m.exec(m.raw.toString("latin1"))?.[1] ?? "",
+    );
+    const positions = subjects.flatMap((s, i) => (s.startsWith("interactive-") ? [i] : []));
+    expect(positions).toHaveLength(INTERACTIVE);
+    // after the last interactive message, most of the bulk run was still waiting
+    const bulkAfter = subjects.slice(Math.max(...positions) + 1).filter((s) => s.startsWith("bulk-")).length;
+    console.info(
+      `interactive messages delivered at positions ${positions.join(", ")}; ${bulkAfter} bulk after them`,
+    );
+    expect(bulkAfter).toBeGreaterThan(BULK / 2);
+    const bulkDelivered = subjects.filter((s) => s.startsWith("bulk-"));
+    expect(new Set(bulkDelivered).size).toBe(BULK);
+    expect(relay.logs.some((l) => l.event === "queued" && l.priority === "bulk")).toBe(true);
+  }, 240_000);
+});
