@@ -2,6 +2,7 @@ import type { Job } from "bullmq";
 import type { Redis } from "ioredis";
 import type { Config, Limits } from "../config/schema.js";
 import { ConnectionLeases } from "../limits/connection-leases.js";
+import { estimateDrainMs } from "../limits/drain-estimate.js";
 import { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import { type MailboxPause, MailboxPauses } from "../outbound/mailbox-pauses.js";
@@ -193,7 +194,7 @@ export class QueueControl {
       ...usage,
       leases,
       pause,
-      drainEstimateMs: pause || isHeld ? null : Math.ceil(backlog / limits.messagesPerMinute) * 60_000,
+      drainEstimateMs: pause || isHeld ? null : estimateDrainMs({ queuedMessages: backlog, limits, usage }),
     };
   }
 

@@ -46,7 +46,7 @@ describe.skipIf(!mounted)("the embedded Redis on a full disk", () => {
       redisPrefix: uniquePrefix(),
       upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
       mailboxes: { [MAILBOX]: { password: "pw" } },
-      clients: [{ name: "scanners", networks: ["127.0.0.0/8"] }],
+      clients: [{ name: "scanners", networks: ["127.0.0.0/8"], from: "keep" }],
     };
     await upstream.refuseConnections(true);
     const relay = await startTestRelay(config);

@@ -76,7 +76,7 @@ export class FaultRig {
           },
           defaults: { limits: { connections: 3, messagesPerMinute: 1_000_000, recipientsPerDay: 1_000_000 } },
           mailboxes: { [MAILBOX]: { password: PASSWORD } },
-          clients: [{ name: "devices", networks: ["127.0.0.0/8"] }],
+          clients: [{ name: "devices", networks: ["127.0.0.0/8"], from: "keep" }],
         },
         options.config ?? {},
       ),

@@ -25,8 +25,8 @@ beforeAll(async () => {
     upstream: { host: "127.0.0.1", port: upstream.port, ca: tempFile("ca.pem", pki.ca) },
     mailboxes: { [MAILBOX]: { password: "pw" } },
     clients: [
-      { name: "printers", networks: ["127.0.0.2/32"] },
-      { name: "app", username: "app", password: "app-pass" },
+      { name: "printers", networks: ["127.0.0.2/32"], from: "keep" },
+      { name: "app", username: "app", password: "app-pass", from: "keep" },
     ],
   });
 });

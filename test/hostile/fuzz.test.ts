@@ -120,7 +120,7 @@ beforeAll(async () => {
       redisPrefix: uniquePrefix(),
       upstream: { host: "127.0.0.1", port: 9, tls: "none" },
       mailboxes: { "scanner@contoso.com": { password: "pw" } },
-      clients: [{ name: "probe", networks: ["127.0.0.2/32"] }],
+      clients: [{ name: "probe", networks: ["127.0.0.2/32"], from: "keep" }],
     }),
   );
   port = await relay.port();

@@ -66,7 +66,7 @@ describe("secrets", () => {
       tls: await tlsFiles(),
       upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
       mailboxes: { [MAILBOX]: { password: MAILBOX_SECRET } },
-      clients: [{ name: "app", username: "app", password: CLIENT_SECRET }],
+      clients: [{ name: "app", username: "app", password: CLIENT_SECRET, from: "keep" }],
     });
     const send = (pass: string, to: string) =>
       submit({
@@ -117,7 +117,7 @@ describe("an upstream whose TLS cannot be trusted", () => {
       redis: redisUrl,
       upstream: { host: "127.0.0.1", port: bad.port, ca: caFile },
       mailboxes: { [MAILBOX]: { password: "pw" } },
-      clients: [{ name: "printers", networks: ["127.0.0.0/8"] }],
+      clients: [{ name: "printers", networks: ["127.0.0.0/8"], from: "keep" }],
     });
     try {
       const result = await submit({
