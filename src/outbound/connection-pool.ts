@@ -52,6 +52,8 @@ export class ConnectionPool {
   private readonly busy = new Map<UpstreamConnection, Pooled>();
   private opening = 0;
   private closed = false;
+  /** acquire() calls waiting for a connection of this pool to come back. */
+  private readonly waiters: (() => void)[] = [];
 
   constructor(private readonly options: ConnectionPoolOptions) {}
 
@@ -64,34 +66,48 @@ export class ConnectionPool {
     return this.busy.size + this.opening;
   }
 
-  /** An idle connection, or a new one under a fresh lease. Throws NoConnectionSlot, or the upstream's error. */
+  /**
+   * An idle connection, or a new one under a fresh lease; when all of this pool's connections are busy, waits
+   * (up to leaseWaitMs) for one to come back. Throws NoConnectionSlot, or the upstream's error.
+   */
   async acquire(): Promise<UpstreamConnection> {
-    while (this.idle.length) {
-      const pooled = this.idle.pop() as Pooled;
-      clearTimeout(pooled.idleTimer);
-      if (pooled.connection.usable && !pooled.leaseLost) {
-        this.busy.set(pooled.connection, pooled);
-        return pooled.connection;
+    const until = Date.now() + this.options.leaseWaitMs;
+    for (;;) {
+      while (this.idle.length) {
+        const pooled = this.idle.pop() as Pooled;
+        clearTimeout(pooled.idleTimer);
+        if (pooled.connection.usable && !pooled.leaseLost) {
+          this.busy.set(pooled.connection, pooled);
+          return pooled.connection;
+        }
+        this.discard(pooled);
       }
-      this.discard(pooled);
+      if (this.size < this.options.maxConnections) {
+        this.opening++;
+        try {
+          const leaseId = await this.options.lease.acquire();
+          if (leaseId) return await this.openUnder(leaseId);
+        } finally {
+          this.opening--;
+        }
+      }
+      if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
+      // wake when one of ours comes back, or try for a lease again shortly (another process may free one)
+      await this.nextRelease(Math.min(until - Date.now(), 50 + Math.random() * 100));
     }
-    if (this.size >= this.options.maxConnections) throw new NoConnectionSlot();
-    this.opening++;
+  }
+
+  private async openUnder(leaseId: string): Promise<UpstreamConnection> {
+    let connection: UpstreamConnection;
     try {
-      const leaseId = await this.waitForLease();
-      let connection: UpstreamConnection;
-      try {
-        connection = await this.options.open();
-      } catch (err) {
-        await this.options.lease.release(leaseId).catch(() => {});
-        throw err;
-      }
-      const pooled: Pooled = { connection, leaseId, leaseLost: false, renewTimer: this.renewLoop(leaseId) };
-      this.busy.set(connection, pooled);
-      return connection;
-    } finally {
-      this.opening--;
+      connection = await this.options.open();
+    } catch (err) {
+      await this.options.lease.release(leaseId).catch(() => {});
+      throw err;
     }
+    const pooled: Pooled = { connection, leaseId, leaseLost: false, renewTimer: this.renewLoop(leaseId) };
+    this.busy.set(connection, pooled);
+    return connection;
   }
 
   private renewLoop(leaseId: string): NodeJS.Timeout {
@@ -112,14 +128,22 @@ export class ConnectionPool {
     return timer;
   }
 
-  private async waitForLease(): Promise<string> {
-    const until = Date.now() + this.options.leaseWaitMs;
-    for (;;) {
-      const leaseId = await this.options.lease.acquire();
-      if (leaseId) return leaseId;
-      if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
-      await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
-    }
+  /** Resolves when a connection comes back to the pool (or is closed), or after ms. */
+  private nextRelease(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        const index = this.waiters.indexOf(done);
+        if (index !== -1) this.waiters.splice(index, 1);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiters.push(done);
+    });
+  }
+
+  private wakeOne(): void {
+    this.waiters[0]?.();
   }
 
   /** Gives a connection back: kept for reuse when healthy, closed (and its lease released) otherwise. */
@@ -144,6 +168,7 @@ export class ConnectionPool {
     }, this.options.idleTimeout);
     pooled.idleTimer.unref();
     this.idle.push(pooled);
+    this.wakeOne();
   }
 
   private discard(pooled: Pooled): void {
@@ -151,6 +176,7 @@ export class ConnectionPool {
     clearTimeout(pooled.idleTimer);
     pooled.connection.close();
     this.options.lease.release(pooled.leaseId).catch(() => {});
+    this.wakeOne();
   }
 
   /** Closes idle connections and releases their leases; busy ones close when released. */

@@ -83,7 +83,8 @@ export class MailboxDispatcher {
     this.worker = new Worker<MessageJob>(spool.queueName(mailbox), (job, token) => this.deliver(job, token), {
       connection: options.connection,
       prefix: spool.prefix,
-      concurrency: limits.connections,
+      // twice the connections: while one job does its Redis bookkeeping, another already uses the connection
+      concurrency: limits.connections * 2,
       // a relay that dies frees its connection slots after leaseTtl; its in-flight messages go back to the queue then too
       lockDuration: options.leaseTtlMs,
       stalledInterval: options.leaseTtlMs,
@@ -185,6 +186,9 @@ export class MailboxDispatcher {
         connection = await this.pool.acquire();
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
+        // the connection goes back before the bookkeeping below, so the next message need not wait for it
+        this.pool.release(connection, true);
+        connection = undefined;
         await this.recordReply(job, result.response);
         for (const r of result.rejected) await this.recordReply(job, `${r.recipient}: ${r.response}`);
         const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);

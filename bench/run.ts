@@ -1,0 +1,1082 @@
+/**
+ * sluice benchmark: prints numbers, asserts nothing. Method and results: docs/performance.md.
+ *
+ * 1. Delivery at the connection-cap ceiling: two relay processes (and, for comparison, one) sharing one
+ *    Redis (append-only, fsync always) deliver a queued backlog to a fake Office 365 (STARTTLS, AUTH, 50 ms
+ *    per message, 432 beyond 3 connections per mailbox). Ceiling: 3 connections / 50 ms = 60 msg/s per
+ *    mailbox.
+ * 2. Ingest: 50 clients, one reused connection each, 10 KB messages, into one relay whose mail is held
+ *    (no mailbox configured, so nothing is delivered); the same clients against a trivial sink for their
+ *    own ceiling.
+ *
+ * `npm run bench` (full, about 3.5 minutes on 2 cores) writes bench/results/latest.json. Options (results
+ * then go to latest-partial.json): `--quick` (about 1 minute), `--only delivery|ingest`,
+ * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
+ * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
+ * The relays run from dist/ (npm run bench builds first).
+ */
+import { execFileSync } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Queue } from "bullmq";
+import { Redis } from "ioredis";
+import { createTestPki } from "../test/support/certs.js";
+import { type FakeUpstream, type ReceivedMessage, startFakeUpstream } from "../test/support/fake-upstream.js";
+import { type PrivateRedis, startPrivateRedis } from "../test/support/redis-server.js";
+import { buildMessage } from "../test/support/smtp-client.js";
+import {
+  type ClientKind,
+  dataPayload,
+  type LoadResult,
+  PipelinedSmtp,
+  percentile,
+  runLoad,
+} from "./load-client.js";
+import { childPid, machineCpuMs, procCpuMs, startWorker, type Worker } from "./processes.js";
+import type { ProcessStats } from "./worker-ipc.js";
+
+const QUICK = process.argv.includes("--quick");
+const KEEP = process.argv.includes("--keep");
+/** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
+const ONLY = process.argv[process.argv.indexOf("--only") + 1] as "delivery" | "ingest" | undefined;
+const RUN_DELIVERY = !process.argv.includes("--only") || ONLY === "delivery";
+const RUN_INGEST = !process.argv.includes("--only") || ONLY === "ingest";
+/** `--appendfsync everysec|no`: an experiment (results go to latest-partial.json); default always. */
+const APPENDFSYNC = process.argv.includes("--appendfsync")
+  ? (process.argv[process.argv.indexOf("--appendfsync") + 1] ?? "always")
+  : "always";
+const HERE = import.meta.dirname;
+const ROOT = join(HERE, "..");
+const RELAY_WORKER = join(HERE, "relay-worker.mjs");
+const SINK_WORKER = join(HERE, "sink-worker.mjs");
+
+const REPLY_DELAY_MS = 50;
+const CONNECTIONS_PER_MAILBOX = 3;
+/** Messages per second one mailbox can reach: 3 connections, each busy 50 ms per message. */
+const CEILING_PER_MAILBOX = (CONNECTIONS_PER_MAILBOX * 1000) / REPLY_DELAY_MS;
+const MESSAGE_BYTES = 10 * 1024;
+const PASSWORD = "bench-mailbox-pass";
+const CLIENT_PASSWORD = "bench-client-pass";
+/** Concurrent SMTP sessions that pre-queue the delivery backlog. */
+const QUEUEING_SESSIONS = 16;
+
+const TARGETS = {
+  deliveryShareOfCeiling: 0.95,
+  messagesPerConnection: 50,
+  count432: 0,
+  maxConcurrentPerMailbox: CONNECTIONS_PER_MAILBOX,
+  ingestMessagesPerSecond: 800,
+};
+
+const PLAN = QUICK
+  ? {
+      delivery: [
+        { relays: 2, mailboxes: 1, perMailbox: 300 },
+        { relays: 2, mailboxes: 10, perMailbox: 40 },
+        { relays: 2, mailboxes: 50, perMailbox: 8 },
+        { relays: 1, mailboxes: 1, perMailbox: 300 },
+        { relays: 1, mailboxes: 10, perMailbox: 40 },
+      ],
+      ingest: { connections: 50, warmupMs: 500, durationMs: 3_000 },
+    }
+  : {
+      delivery: [
+        { relays: 2, mailboxes: 1, perMailbox: 2_000 },
+        { relays: 2, mailboxes: 10, perMailbox: 200 },
+        { relays: 2, mailboxes: 50, perMailbox: 40 },
+        // for comparison: the same backlog through a single relay process
+        { relays: 1, mailboxes: 1, perMailbox: 2_000 },
+        { relays: 1, mailboxes: 10, perMailbox: 200 },
+      ],
+      ingest: { connections: 50, warmupMs: 1_000, durationMs: 10_000 },
+    };
+
+// ---------------------------------------------------------------------------------------------- helpers
+
+const round = (value: number, digits = 1) =>
+  Number.isFinite(value) ? Math.round(value * 10 ** digits) / 10 ** digits : Number.NaN;
+const mb = (bytes: number) => round(bytes / (1024 * 1024), 0);
+const pct = (part: number, whole: number) => round((100 * part) / whole, 0);
+
+function log(line: string): void {
+  process.stderr.write(`[bench] ${line}\n`);
+}
+
+/** A ~10 KB text message (headers included). */
+function tenKilobyteMessage(from: string, to: string): Buffer {
+  const probe = buildMessage({ from, to: [to], bodyBytes: MESSAGE_BYTES, subject: "bench" });
+  return buildMessage({
+    from,
+    to: [to],
+    subject: "bench",
+    bodyBytes: MESSAGE_BYTES - (probe.length - MESSAGE_BYTES),
+  });
+}
+
+/** Median ms of write(10 KB) + fsync on the temp file system, the cost Redis pays per `appendfsync always`. */
+function measureFsync(dir: string, rounds = 200): number {
+  const file = join(dir, "fsync-probe");
+  const fd = openSync(file, "w");
+  const block = Buffer.alloc(MESSAGE_BYTES, 0x61);
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < rounds; i++) {
+      writeSync(fd, block);
+      const started = performance.now();
+      fsyncSync(fd);
+      times.push(performance.now() - started);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(file, { force: true });
+  }
+  times.sort((a, b) => a - b);
+  return percentile(times, 50);
+}
+
+/** The commit measured, and whether src/ had changes not committed. */
+function gitState(): { commit: string; srcDirty: boolean } {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    }).trim();
+    const status = execFileSync("git", ["status", "--porcelain", "--", "src"], {
+      cwd: ROOT,
+      encoding: "utf8",
+    });
+    return { commit, srcDirty: status.trim().length > 0 };
+  } catch {
+    return { commit: "unknown", srcDirty: false };
+  }
+}
+
+function redisVersion(): string {
+  try {
+    return execFileSync("redis-server", ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    return "unknown";
+  }
+}
+
+/** Flushes dirty pages so one run's writes do not land on the next run's fsyncs. */
+function syncDisks(): void {
+  try {
+    execFileSync("sync");
+  } catch {
+    // best effort
+  }
+}
+
+export interface RedisProbe {
+  /** Slowest `appendfsync always` fsync Redis saw (its latency monitor, 1 ms resolution). */
+  fsyncMaxMs: number;
+  /** Seconds in which some fsync took 1 ms or more. */
+  slowFsyncSeconds: number;
+  /** Forks (AOF rewrites) during the run: they compete with the fsyncs for the disk. */
+  aofRewrites: number;
+}
+
+const totalForks = (info: string) => Number(/total_forks:(\d+)/.exec(info)?.[1] ?? Number.NaN);
+
+/** Starts watching Redis's fsync latency and forks; call the result at the end of the window. */
+async function probeRedis(admin: Redis): Promise<() => Promise<RedisProbe>> {
+  await admin.config("SET", "latency-monitor-threshold", "1");
+  if (APPENDFSYNC !== "always") await admin.config("SET", "appendfsync", APPENDFSYNC);
+  await admin.call("LATENCY", "RESET");
+  const forks = totalForks(await admin.info("stats"));
+  return async () => {
+    const history = (await admin.call("LATENCY", "HISTORY", "aof-fsync-always")) as [number, number][];
+    return {
+      fsyncMaxMs: Math.max(0, ...history.map(([, ms]) => Number(ms))),
+      slowFsyncSeconds: history.length,
+      aofRewrites: totalForks(await admin.info("stats")) - forks,
+    };
+  };
+}
+
+function relayConfig(options: {
+  redis?: string;
+  prefix: string;
+  dataDir: string;
+  upstream?: { port: number; ca: string };
+  mailboxes: string[];
+  clients: Record<string, unknown>[];
+}): Record<string, unknown> {
+  return {
+    listen: [
+      {
+        port: 0,
+        host: "127.0.0.1",
+        tls: "none",
+        allowInsecureAuth: true,
+        // every benchmark client comes from 127.0.0.1: the per-address default (50) would turn some away
+        maxClients: 1_000,
+        maxClientsPerAddress: 1_000,
+      },
+    ],
+    ...(options.redis ? { redis: options.redis } : {}),
+    redisPrefix: options.prefix,
+    dataDir: options.dataDir,
+    hostname: "relay.bench",
+    shutdownTimeout: 5_000,
+    ...(options.upstream
+      ? {
+          upstream: {
+            host: "127.0.0.1",
+            port: options.upstream.port,
+            tls: "starttls",
+            ca: options.upstream.ca,
+          },
+        }
+      : {}),
+    // a failed delivery would otherwise wait the default 30 s and stall the run; none is expected
+    retry: { firstDelay: 1_000, maxDelay: 5_000 },
+    defaults: {
+      limits: {
+        connections: CONNECTIONS_PER_MAILBOX,
+        messagesPerMinute: 1_000_000_000,
+        recipientsPerDay: 1_000_000_000,
+      },
+    },
+    mailboxes: Object.fromEntries(options.mailboxes.map((m) => [m, { password: PASSWORD }])),
+    clients: options.clients,
+  };
+}
+
+interface CpuSample {
+  at: number;
+  relays: ProcessStats[];
+  redisMs: number;
+  benchMs: number;
+  machineMs: number;
+}
+
+async function sampleCpu(relays: Worker[], redisPid: number | undefined): Promise<CpuSample> {
+  const stats = await Promise.all(relays.map((r) => r.stats()));
+  const cpu = process.cpuUsage();
+  return {
+    at: performance.now(),
+    relays: stats,
+    redisMs: procCpuMs(redisPid),
+    benchMs: (cpu.user + cpu.system) / 1000,
+    machineMs: machineCpuMs(),
+  };
+}
+
+/** Lines of a relay log by pino "event" field and level. */
+function scanLog(file: string): { events: Record<string, number>; warnings: number; errors: number } {
+  const events: Record<string, number> = {};
+  let warnings = 0;
+  let errors = 0;
+  let text = "";
+  try {
+    text = readFileSync(file, "utf8");
+  } catch {
+    return { events, warnings, errors };
+  }
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("{")) continue;
+    try {
+      const entry = JSON.parse(line) as { level?: number; event?: string };
+      if (entry.event) events[entry.event] = (events[entry.event] ?? 0) + 1;
+      if ((entry.level ?? 0) >= 50) errors++;
+      else if ((entry.level ?? 0) >= 40) warnings++;
+    } catch {
+      // not a log line
+    }
+  }
+  return { events, warnings, errors };
+}
+
+async function runPool<T>(tasks: (() => Promise<T>)[], concurrency: number): Promise<T[]> {
+  const results: T[] = new Array(tasks.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(concurrency, tasks.length) }, async () => {
+      while (next < tasks.length) {
+        const index = next++;
+        results[index] = await (tasks[index] as () => Promise<T>)();
+      }
+    }),
+  );
+  return results;
+}
+
+function table(headers: string[], rows: (string | number)[][]): string {
+  const cells = [
+    headers,
+    ...rows.map((row) => row.map((cell) => (typeof cell === "number" ? fmt(cell) : cell))),
+  ];
+  const widths = headers.map((_, i) => Math.max(...cells.map((row) => String(row[i] ?? "").length)));
+  const line = (row: (string | number)[]) =>
+    row.map((cell, i) => String(cell).padStart(widths[i] ?? 0)).join("  ");
+  return [
+    line(cells[0] as string[]),
+    widths.map((w) => "-".repeat(w)).join("  "),
+    ...cells.slice(1).map(line),
+  ].join("\n");
+}
+
+function fmt(value: number): string {
+  if (!Number.isFinite(value)) return "n/a";
+  if (Number.isInteger(value)) return String(value);
+  return value.toFixed(Math.abs(value) >= 100 ? 0 : 1);
+}
+
+// --------------------------------------------------------------------------------------------- delivery
+
+interface DeliveryEnv {
+  dir: string;
+  redis: PrivateRedis;
+  admin: Redis;
+  upstream: FakeUpstream;
+  caFile: string;
+}
+
+interface DeliveryResult {
+  relays: number;
+  mailboxes: number;
+  messages: number;
+  delivered: number;
+  queueing: { seconds: number; perSecond: number; refused: number };
+  /** From resume (clock start) to the last message the upstream accepted. */
+  seconds: number;
+  firstMessageMs: number;
+  totalPerSecond: number;
+  /** Rate between the 10th and the 90th percentile of delivery times (ramp-up and tail left out). */
+  steadyPerSecond: number;
+  ceilingPerSecond: number;
+  perMailbox: { meanPerSecond: number; minPerSecond: number; meanShare: number; minShare: number };
+  steadyShare: number;
+  upstreamConnections: number;
+  authentications: number;
+  messagesPerConnection: number;
+  count432: number;
+  maxConcurrentPerMailbox: number;
+  /** Longest time any mailbox went without a delivery (from the clock start, between deliveries), ms. */
+  longestStallMs: number;
+  /** ms between the upstream's 250 and the next message's end of DATA on the same connection. */
+  turnaroundMs: { p50: number; p90: number; p99: number; max: number };
+  /** Each relay process: CPU % of one core over the delivery, RSS now and peak, messages it delivered. */
+  relayProcesses: {
+    cpuPercent: number;
+    rssMB: number;
+    maxRssMB: number;
+    delivered: number;
+    deferred: number;
+  }[];
+  redisCpuPercent: number;
+  redis: RedisProbe;
+  /** The benchmark process itself (fake upstream's TLS and SMTP), % of one core. */
+  benchCpuPercent: number;
+  /** CPU the rest of the machine used meanwhile (other people's processes), % of one core. */
+  otherCpuPercent: number;
+  logProblems: { warnings: number; errors: number; events: Record<string, number> };
+  timedOut: boolean;
+}
+
+function mailboxName(run: number, index: number): string {
+  return `mb${run}-${String(index).padStart(2, "0")}@contoso.bench`;
+}
+
+async function deliveryRun(
+  env: DeliveryEnv,
+  run: number,
+  spec: { relays: number; mailboxes: number; perMailbox: number },
+): Promise<DeliveryResult> {
+  const mailboxes = Array.from({ length: spec.mailboxes }, (_, k) => mailboxName(run, k));
+  const total = spec.mailboxes * spec.perMailbox;
+  const prefix = `bench-d${run}`;
+  const clientOf = (k: number) => `client${run}-${k}`;
+  log(`delivery: ${spec.mailboxes} mailbox(es) x ${spec.perMailbox} messages, ${spec.relays} relay(s)`);
+  env.upstream.reset();
+
+  // Hold deliveries: a paused queue hands no job to the relays' workers until resume().
+  const queues = mailboxes.map((m) => new Queue(m, { connection: env.admin, prefix }));
+  await Promise.all(queues.map((q) => q.pause()));
+
+  const configFile = join(env.dir, `relay-d${run}.json`);
+  writeFileSync(
+    configFile,
+    JSON.stringify(
+      relayConfig({
+        redis: env.redis.url,
+        prefix,
+        dataDir: join(env.dir, `data-d${run}`),
+        upstream: { port: env.upstream.port, ca: env.caFile },
+        mailboxes,
+        clients: mailboxes.map((mailbox, k) => ({
+          name: clientOf(k),
+          username: clientOf(k),
+          password: CLIENT_PASSWORD,
+          mailbox,
+        })),
+      }),
+    ),
+  );
+  const relays: Worker[] = [];
+  try {
+    relays.push(
+      ...(await Promise.all(
+        Array.from({ length: spec.relays }, (_, i) =>
+          startWorker(RELAY_WORKER, [configFile], join(env.dir, `relay-d${run}-${i}.log`)),
+        ),
+      )),
+    );
+
+    // Pre-queue through the relays' SMTP ports, alternating between the two relays.
+    const sessionsPerMailbox = Math.max(1, Math.floor(QUEUEING_SESSIONS / spec.mailboxes));
+    const tasks: (() => Promise<{ ok: number; refused: number; reply?: string }>)[] = [];
+    mailboxes.forEach((mailbox, k) => {
+      // From: the mailbox itself, as a scanner or an application sending as its mailbox does
+      const payload = dataPayload(tenKilobyteMessage(mailbox, `user${k}@example.net`));
+      for (let s = 0; s < sessionsPerMailbox; s++) {
+        const count =
+          Math.floor(spec.perMailbox / sessionsPerMailbox) +
+          (s < spec.perMailbox % sessionsPerMailbox ? 1 : 0);
+        const relay = relays[(k + s) % relays.length] as Worker;
+        tasks.push(async () => {
+          const client = await PipelinedSmtp.open({
+            port: relay.port,
+            auth: { user: clientOf(k), pass: CLIENT_PASSWORD },
+          });
+          let ok = 0;
+          let refused = 0;
+          let refusal: string | undefined;
+          for (let i = 0; i < count; i++) {
+            const { reply } = await client.send(mailbox, [`user${k}@example.net`], payload);
+            if (reply.code === 250) ok++;
+            else {
+              refused++;
+              refusal ??= `${reply.code} ${reply.text}`;
+            }
+          }
+          await client.quit();
+          return { ok, refused, ...(refusal ? { reply: refusal } : {}) };
+        });
+      }
+    });
+    const queueStarted = performance.now();
+    const submitted = await runPool(tasks, QUEUEING_SESSIONS);
+    const queueSeconds = (performance.now() - queueStarted) / 1000;
+    const queuedOk = submitted.reduce((sum, r) => sum + r.ok, 0);
+    const refused = submitted.reduce((sum, r) => sum + r.refused, 0);
+    const refusal = submitted.find((r) => r.reply)?.reply;
+    if (refusal) log(`  submissions refused, e.g.: ${refusal}`);
+    if (queuedOk === 0) throw new Error(`the relays refused every submission: ${refusal}`);
+    const counts = await Promise.all(queues.map((q) => q.getJobCounts("wait", "prioritized")));
+    const waiting = counts.reduce((sum, c) => sum + Object.values(c).reduce((a, b) => a + b, 0), 0);
+    log(`  queued ${queuedOk} (${refused} refused) in ${queueSeconds.toFixed(1)} s; ${waiting} jobs waiting`);
+    if (env.upstream.messages.length > 0) log("  warning: messages were delivered before the clock started");
+
+    // Start the clock and let the relays go.
+    syncDisks();
+    const endProbe = await probeRedis(env.admin);
+    const before = await sampleCpu(relays, env.redis.pid());
+    const startedAt = Date.now();
+    await Promise.all(queues.map((q) => q.resume()));
+    const ideal = spec.perMailbox / CEILING_PER_MAILBOX;
+    const deadline = startedAt + (ideal * 3 + 20) * 1000;
+    while (env.upstream.messages.length < queuedOk && Date.now() < deadline) await sleep(10);
+    const timedOut = env.upstream.messages.length < queuedOk;
+    const after = await sampleCpu(relays, env.redis.pid());
+    const redisProbe = await endProbe();
+    const wallMs = after.at - before.at;
+
+    const messages: ReceivedMessage[] = env.upstream.messages.slice();
+    const times = messages.map((m) => m.receivedAt).sort((a, b) => a - b);
+    const last = times.at(-1) ?? startedAt;
+    const seconds = (last - startedAt) / 1000;
+    const lo = Math.floor(times.length * 0.1);
+    const hi = Math.max(lo, Math.ceil(times.length * 0.9) - 1);
+    const steady =
+      hi > lo ? (hi - lo) / (((times[hi] as number) - (times[lo] as number)) / 1000) : Number.NaN;
+
+    let longestStall = 0;
+    const rates = mailboxes.map((mailbox) => {
+      const mine = messages
+        .filter((m) => m.user === mailbox)
+        .map((m) => m.receivedAt)
+        .sort((a, b) => a - b);
+      mine.forEach((at, i) => {
+        longestStall = Math.max(longestStall, at - (i === 0 ? startedAt : (mine[i - 1] as number)));
+      });
+      const end = mine.at(-1) ?? startedAt;
+      return mine.length ? mine.length / ((end - startedAt) / 1000) : 0;
+    });
+    const byConnection = new Map<string, number[]>();
+    for (const m of messages) {
+      const list = byConnection.get(m.connectionId) ?? [];
+      list.push(m.receivedAt);
+      byConnection.set(m.connectionId, list);
+    }
+    const gaps: number[] = [];
+    for (const list of byConnection.values()) {
+      list.sort((a, b) => a - b);
+      for (let i = 1; i < list.length; i++)
+        gaps.push((list[i] as number) - (list[i - 1] as number) - REPLY_DELAY_MS);
+    }
+    gaps.sort((a, b) => a - b);
+    const auths = mailboxes.reduce((sum, m) => sum + env.upstream.authCount(m), 0);
+    const stopCodes = await Promise.all(relays.map((r) => r.stop()));
+    if (stopCodes.some((code) => code !== 0)) log(`  warning: relay exit codes ${stopCodes.join(", ")}`);
+    const scans = relays.map((r) => scanLog(r.logFile));
+    const events: Record<string, number> = {};
+    for (const scan of scans) {
+      for (const [event, count] of Object.entries(scan.events)) events[event] = (events[event] ?? 0) + count;
+    }
+
+    const ceiling = spec.mailboxes * CEILING_PER_MAILBOX;
+    const result: DeliveryResult = {
+      relays: spec.relays,
+      mailboxes: spec.mailboxes,
+      messages: total,
+      delivered: messages.length,
+      queueing: { seconds: round(queueSeconds, 2), perSecond: round(queuedOk / queueSeconds, 0), refused },
+      seconds: round(seconds, 2),
+      firstMessageMs: (times[0] ?? Number.NaN) - startedAt,
+      totalPerSecond: round(messages.length / seconds),
+      steadyPerSecond: round(steady),
+      ceilingPerSecond: ceiling,
+      perMailbox: {
+        meanPerSecond: round(rates.reduce((a, b) => a + b, 0) / rates.length),
+        minPerSecond: round(Math.min(...rates)),
+        meanShare: round(rates.reduce((a, b) => a + b, 0) / rates.length / CEILING_PER_MAILBOX, 3),
+        minShare: round(Math.min(...rates) / CEILING_PER_MAILBOX, 3),
+      },
+      steadyShare: round(steady / ceiling, 3),
+      upstreamConnections: env.upstream.connectionCount(),
+      authentications: auths,
+      messagesPerConnection: round(messages.length / auths),
+      count432: mailboxes.reduce((sum, m) => sum + env.upstream.count432(m), 0),
+      maxConcurrentPerMailbox: Math.max(...mailboxes.map((m) => env.upstream.maxConcurrent(m))),
+      longestStallMs: longestStall,
+      turnaroundMs: {
+        p50: round(percentile(gaps, 50)),
+        p90: round(percentile(gaps, 90)),
+        p99: round(percentile(gaps, 99)),
+        max: round(gaps.at(-1) ?? Number.NaN),
+      },
+      relayProcesses: relays.map((_, i) => {
+        const a = before.relays[i] as ProcessStats;
+        const b = after.relays[i] as ProcessStats;
+        const scan = scans[i] as ReturnType<typeof scanLog>;
+        return {
+          cpuPercent: pct(b.cpuMs - a.cpuMs, wallMs),
+          rssMB: mb(b.rss),
+          maxRssMB: mb(b.maxRss),
+          delivered: scan.events.delivered ?? 0,
+          deferred: scan.events.deferred ?? 0,
+        };
+      }),
+      redisCpuPercent: pct(after.redisMs - before.redisMs, wallMs),
+      redis: redisProbe,
+      benchCpuPercent: pct(after.benchMs - before.benchMs, wallMs),
+      otherCpuPercent: pct(
+        after.machineMs -
+          before.machineMs -
+          (after.redisMs - before.redisMs) -
+          (after.benchMs - before.benchMs) -
+          after.relays.reduce((sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs, 0),
+        wallMs,
+      ),
+      logProblems: {
+        warnings: scans.reduce((s, x) => s + x.warnings, 0),
+        errors: scans.reduce((s, x) => s + x.errors, 0),
+        events,
+      },
+      timedOut,
+    };
+    log(
+      `  delivered ${result.delivered}/${queuedOk} in ${result.seconds} s: ${result.totalPerSecond} msg/s ` +
+        `(${pct(result.perMailbox.meanShare, 1)}% of the ceiling per mailbox), ${result.messagesPerConnection} msg/connection, ` +
+        `${result.count432} x 432${timedOut ? " — TIMED OUT" : ""}`,
+    );
+    return result;
+  } finally {
+    await Promise.all(relays.map((r) => r.stop()));
+    await Promise.all(queues.map((q) => q.close().catch(() => undefined)));
+    await env.admin.flushall();
+  }
+}
+
+// ----------------------------------------------------------------------------------------------- ingest
+
+interface IngestResult {
+  server: string;
+  client: ClientKind;
+  connections: number;
+  seconds: number;
+  accepted: number;
+  failed: number;
+  acceptedPerSecond: number;
+  /** Slowest and fastest whole second of the window. */
+  perSecondMin: number;
+  perSecondMax: number;
+  /** raw client: end of DATA to the reply; nodemailer client: MAIL FROM to the reply. */
+  latencyMs: LoadResult["latencyMs"];
+  latencyMeasures: string;
+  serverCpuPercent: number;
+  redisCpuPercent: number;
+  clientCpuPercent: number;
+  /** CPU the rest of the machine used meanwhile (other people's processes), % of one core. */
+  otherCpuPercent: number;
+  serverRssMB: number;
+  redis?: RedisProbe;
+  failures: string[];
+  /** Set when the run could not be measured. */
+  error?: string;
+}
+
+interface IngestSample {
+  at: number;
+  serverMs: number;
+  serverRss: number;
+  redisMs: number;
+  clientMs: number;
+  machineMs: number;
+}
+
+/** measureIngest, reporting a failure as a result (with `error`) so the other runs still print. */
+async function ingestOne(...args: Parameters<typeof measureIngest>): Promise<IngestResult> {
+  try {
+    return await measureIngest(...args);
+  } catch (err) {
+    const error = (err as Error).message;
+    log(`  failed: ${error}`);
+    const nan = Number.NaN;
+    return {
+      server: args[0],
+      client: args[1],
+      connections: PLAN.ingest.connections,
+      seconds: nan,
+      accepted: 0,
+      failed: nan,
+      acceptedPerSecond: nan,
+      perSecondMin: nan,
+      perSecondMax: nan,
+      latencyMs: { p50: nan, p90: nan, p99: nan, max: nan },
+      latencyMeasures: "",
+      serverCpuPercent: nan,
+      redisCpuPercent: nan,
+      clientCpuPercent: nan,
+      otherCpuPercent: nan,
+      serverRssMB: nan,
+      failures: [],
+      error,
+    };
+  }
+}
+
+async function measureIngest(
+  server: string,
+  kind: ClientKind,
+  worker: Worker,
+  redisPid: number | undefined,
+  message: { from: string; to: string[]; body: Buffer },
+  redisAdmin?: Redis,
+): Promise<IngestResult> {
+  syncDisks();
+  const endProbe = redisAdmin ? await probeRedis(redisAdmin) : undefined;
+  log(`ingest: ${kind} client -> ${server}, ${PLAN.ingest.connections} connections`);
+  const sample = async (): Promise<IngestSample> => {
+    const stats = await worker.stats();
+    const cpu = process.cpuUsage();
+    return {
+      at: performance.now(),
+      serverMs: stats.cpuMs,
+      serverRss: stats.rss,
+      redisMs: procCpuMs(redisPid),
+      clientMs: (cpu.user + cpu.system) / 1000,
+      machineMs: machineCpuMs(),
+    };
+  };
+  const load = await runLoad({
+    kind,
+    port: worker.port,
+    connections: PLAN.ingest.connections,
+    warmupMs: PLAN.ingest.warmupMs,
+    durationMs: PLAN.ingest.durationMs,
+    message,
+    sample,
+  });
+  const redisProbe = endProbe ? await endProbe() : undefined;
+  const [a, b] = load.samples as [IngestSample, IngestSample];
+  const wall = b.at - a.at;
+  const result: IngestResult = {
+    server,
+    client: kind,
+    connections: load.connections,
+    seconds: load.windowMs / 1000,
+    accepted: load.accepted,
+    failed: load.failed,
+    acceptedPerSecond: round(load.acceptedPerSecond, 0),
+    perSecondMin: Math.min(...load.perSecond),
+    perSecondMax: Math.max(...load.perSecond),
+    latencyMs: {
+      p50: round(load.latencyMs.p50, 2),
+      p90: round(load.latencyMs.p90, 2),
+      p99: round(load.latencyMs.p99, 2),
+      max: round(load.latencyMs.max, 2),
+    },
+    latencyMeasures: kind === "raw" ? "end of DATA -> 250" : "MAIL FROM -> 250 (whole transaction)",
+    serverCpuPercent: pct(b.serverMs - a.serverMs, wall),
+    redisCpuPercent: pct(b.redisMs - a.redisMs, wall),
+    clientCpuPercent: pct(b.clientMs - a.clientMs, wall),
+    otherCpuPercent: pct(
+      b.machineMs -
+        a.machineMs -
+        (b.serverMs - a.serverMs) -
+        (Number.isNaN(b.redisMs) ? 0 : b.redisMs - a.redisMs) -
+        (b.clientMs - a.clientMs),
+      wall,
+    ),
+    serverRssMB: mb(b.serverRss),
+    ...(redisProbe ? { redis: redisProbe } : {}),
+    failures: load.failures,
+  };
+  log(
+    `  ${result.acceptedPerSecond} msg/s, p50 ${result.latencyMs.p50} ms, p99 ${result.latencyMs.p99} ms` +
+      (result.failed ? `, ${result.failed} failed: ${result.failures[0]}` : ""),
+  );
+  return result;
+}
+
+async function ingestRuns(dir: string): Promise<IngestResult[]> {
+  const message = {
+    from: "scanner@bench.example",
+    to: ["someone@example.net"],
+    body: tenKilobyteMessage("scanner@bench.example", "someone@example.net"),
+  };
+  const kinds: ClientKind[] = ["raw", "nodemailer"];
+  const results: IngestResult[] = [];
+
+  const sink = await startWorker(SINK_WORKER, [], join(dir, "sink.log"));
+  try {
+    for (const kind of kinds)
+      results.push(await ingestOne("sink (smtp-server)", kind, sink, undefined, message));
+  } finally {
+    await sink.stop();
+  }
+
+  const clients = [{ name: "loopback", networks: ["127.0.0.0/8"] }];
+  const redis = await startPrivateRedis({ appendOnly: true });
+  const admin = new Redis(redis.url);
+  try {
+    const configFile = join(dir, "relay-ingest.json");
+    writeFileSync(
+      configFile,
+      JSON.stringify(
+        relayConfig({
+          redis: redis.url,
+          prefix: "bench-i",
+          dataDir: join(dir, "data-i"),
+          mailboxes: [],
+          clients,
+        }),
+      ),
+    );
+    const relay = await startWorker(RELAY_WORKER, [configFile], join(dir, "relay-ingest.log"));
+    try {
+      for (const kind of kinds) {
+        results.push(await ingestOne("sluice, redis over TCP", kind, relay, redis.pid(), message, admin));
+        await admin.flushall();
+      }
+    } finally {
+      await relay.stop();
+    }
+  } finally {
+    admin.disconnect();
+    await redis.destroy();
+  }
+
+  const embeddedFile = join(dir, "relay-embedded.json");
+  writeFileSync(
+    embeddedFile,
+    JSON.stringify(relayConfig({ prefix: "bench-e", dataDir: join(dir, "data-e"), mailboxes: [], clients })),
+  );
+  const embedded = await startWorker(RELAY_WORKER, [embeddedFile], join(dir, "relay-embedded.log"));
+  const embeddedAdmin = new Redis({ path: join(dir, "data-e", "redis", "redis.sock") });
+  try {
+    const redisPid = childPid(embedded.pid, "redis-server");
+    results.push(
+      await ingestOne("sluice, embedded redis", "raw", embedded, redisPid, message, embeddedAdmin),
+    );
+  } finally {
+    embeddedAdmin.disconnect();
+    await embedded.stop();
+  }
+  return results;
+}
+
+function formatReport(report: {
+  mode: string;
+  git: { commit: string; srcDirty: boolean };
+  machine: {
+    cpus: number;
+    cpuModel: string;
+    node: string;
+    redis: string;
+    fsyncMsMedian: number;
+    fsyncMsMedianAtEnd: number;
+    othersCpuPercentAtStart: number;
+  };
+  delivery: DeliveryResult[];
+  ingest: IngestResult[];
+}): string {
+  const { machine, delivery, ingest } = report;
+  const runLabel = (d: DeliveryResult) => `${d.relays} relay${d.relays > 1 ? "s" : ""}, ${d.mailboxes} mbx`;
+  return [
+    "",
+    `sluice ${report.git.commit}${report.git.srcDirty ? " (src/ modified)" : ""} benchmark (${report.mode}): ${machine.cpus} x ${machine.cpuModel}, node ${machine.node}, ` +
+      `${machine.redis.split(" ").slice(0, 3).join(" ")}, fsync of 10 KB: median ${machine.fsyncMsMedian} ms (${machine.fsyncMsMedianAtEnd} ms at the end), ` +
+      `other processes at the start: ${machine.othersCpuPercentAtStart}% of a core`,
+    "",
+    `Delivery of a queued backlog, 10 KB messages; ceiling ${CONNECTIONS_PER_MAILBOX} connections x 1 msg / ${REPLY_DELAY_MS} ms = ${CEILING_PER_MAILBOX} msg/s per mailbox`,
+    table(
+      [
+        "run",
+        "delivered",
+        "secs",
+        "msg/s",
+        "ceiling",
+        "% of ceiling/mbx (mean, min)",
+        "steady msg/s (10-90%)",
+        "msg/conn",
+        "432s",
+        "max conn/mbx",
+      ],
+      delivery.map((d) => [
+        runLabel(d),
+        `${d.delivered}/${d.messages}${d.timedOut ? " TIMEOUT" : ""}`,
+        d.seconds,
+        d.totalPerSecond,
+        d.ceilingPerSecond,
+        `${fmt(100 * d.perMailbox.meanShare)}, ${fmt(100 * d.perMailbox.minShare)}`,
+        `${fmt(d.steadyPerSecond)} (${fmt(100 * d.steadyShare)}%)`,
+        d.messagesPerConnection,
+        d.count432,
+        d.maxConcurrentPerMailbox,
+      ]),
+    ),
+    "",
+    "Delivery: where the time goes, and resources (CPU % of one core over the delivery; 2 cores = 200 %)",
+    table(
+      [
+        "run",
+        "1st msg ms",
+        "longest stall ms",
+        "250->next DATA p50/p90/p99 ms",
+        "relay CPU %",
+        "relay peak RSS MB",
+        "redis CPU %",
+        "upstream+bench CPU %",
+        "others' CPU %",
+        "slowest fsync ms",
+      ],
+      delivery.map((d) => [
+        runLabel(d),
+        d.firstMessageMs,
+        d.longestStallMs,
+        `${fmt(d.turnaroundMs.p50)}/${fmt(d.turnaroundMs.p90)}/${fmt(d.turnaroundMs.p99)}`,
+        d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
+        d.relayProcesses.map((r) => r.maxRssMB).join(" + "),
+        d.redisCpuPercent,
+        d.benchCpuPercent,
+        d.otherCpuPercent,
+        d.redis.fsyncMaxMs,
+      ]),
+    ),
+    "",
+    `Ingest: ${PLAN.ingest.connections} clients, one reused connection each, 10 KB, ${PLAN.ingest.durationMs / 1000} s measured, mail held`,
+    table(
+      [
+        "server",
+        "client",
+        "msg/s",
+        "per second min-max",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "failed",
+        "server CPU %",
+        "redis CPU %",
+        "client CPU %",
+        "others' CPU %",
+        "server RSS MB",
+        "slowest fsync ms",
+        "AOF rewrites",
+      ],
+      ingest.map((r) => [
+        r.server,
+        r.client,
+        r.acceptedPerSecond,
+        `${r.perSecondMin}-${r.perSecondMax}`,
+        r.latencyMs.p50,
+        r.latencyMs.p90,
+        r.latencyMs.p99,
+        r.failed,
+        r.serverCpuPercent,
+        r.redisCpuPercent,
+        r.clientCpuPercent,
+        r.otherCpuPercent,
+        r.serverRssMB,
+        r.redis?.fsyncMaxMs ?? "-",
+        r.redis?.aofRewrites ?? "-",
+      ]),
+    ),
+    ...ingest.filter((r) => r.error).map((r) => `  ${r.server} / ${r.client}: FAILED: ${r.error}`),
+    "  redis: redis-server 7, appendonly yes, appendfsync always; over TCP on loopback, or the embedded one (unix socket)",
+    "  latency: raw client = end of DATA to the reply; nodemailer client = MAIL FROM to the reply (whole transaction)",
+    "",
+  ].join("\n");
+}
+
+/** The relays run from dist/ (as shipped): refuse a missing build, warn about one older than src/. */
+function checkBuild(): void {
+  const main = join(ROOT, "dist", "main.js");
+  if (!existsSync(main) || !existsSync(join(ROOT, "dist", "limits", "lua"))) {
+    throw new Error(
+      "dist/ is missing or incomplete: run `npm run bench` (it builds first) or `npm run build`",
+    );
+  }
+  const built = statSync(main).mtimeMs;
+  const newest = (dir: string): number =>
+    Math.max(
+      0,
+      ...readdirSync(dir, { withFileTypes: true }).map((entry) =>
+        entry.isDirectory() ? newest(join(dir, entry.name)) : statSync(join(dir, entry.name)).mtimeMs,
+      ),
+    );
+  if (newest(join(ROOT, "src")) > built) log("warning: src/ is newer than dist/: run `npm run build` first");
+}
+
+// ------------------------------------------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  checkBuild();
+  const started = performance.now();
+  const dir = mkdtempSync(join(os.tmpdir(), "sluice-bench-"));
+  // How busy the machine is without us: other people's tests on a shared machine skew every number.
+  const idleFrom = machineCpuMs();
+  await sleep(2_000);
+  const othersBefore = pct(machineCpuMs() - idleFrom, 2_000);
+  if (othersBefore > 20) log(`warning: other processes use ${othersBefore}% of a core: numbers will be low`);
+  syncDisks();
+  const fsyncMs = measureFsync(dir);
+  const machine = {
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? "unknown",
+    memoryGB: round(os.totalmem() / 1024 ** 3, 0),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    redis: redisVersion(),
+    fsyncMsMedian: round(fsyncMs, 3),
+    fsyncMsMedianAtEnd: Number.NaN,
+    /** CPU other processes used in the 2 s before the start, % of one core. */
+    othersCpuPercentAtStart: othersBefore,
+    loadAverageAtStart: round(os.loadavg()[0] ?? Number.NaN, 2),
+  };
+  log(
+    `${QUICK ? "quick" : "full"} run; ${machine.cpus} x ${machine.cpuModel}; fsync(10 KB) median ${machine.fsyncMsMedian} ms; logs in ${dir}`,
+  );
+
+  const pki = await createTestPki();
+  const caFile = join(dir, "ca.pem");
+  writeFileSync(caFile, pki.ca);
+  const users: Record<string, string> = {};
+  PLAN.delivery.forEach((spec, run) => {
+    for (let k = 0; k < spec.mailboxes; k++) users[mailboxName(run, k)] = PASSWORD;
+  });
+
+  const delivery: DeliveryResult[] = [];
+  const failures: { relays: number; mailboxes: number; perMailbox: number; error: string }[] = [];
+  if (RUN_DELIVERY) {
+    const redis = await startPrivateRedis({ appendOnly: true });
+    const admin = new Redis(redis.url, { maxRetriesPerRequest: null });
+    const upstream = await startFakeUpstream({
+      tls: await pki.issue(["127.0.0.1"]),
+      users,
+      replyDelayMs: REPLY_DELAY_MS,
+      maxConnectionsPerUser: CONNECTIONS_PER_MAILBOX,
+    });
+    try {
+      const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };
+      for (const [run, spec] of PLAN.delivery.entries()) {
+        try {
+          delivery.push(await deliveryRun(env, run, spec));
+        } catch (err) {
+          log(`  failed: ${(err as Error).stack ?? err}`);
+          failures.push({ ...spec, error: (err as Error).message });
+        }
+      }
+    } finally {
+      await upstream.stop();
+      admin.disconnect();
+      await redis.destroy();
+    }
+  }
+  const ingest = RUN_INGEST ? await ingestRuns(dir) : [];
+
+  syncDisks();
+  machine.fsyncMsMedianAtEnd = round(measureFsync(dir), 3);
+  const report = {
+    date: new Date().toISOString(),
+    mode: `${QUICK ? "quick" : "full"}${ONLY && !(RUN_DELIVERY && RUN_INGEST) ? `, ${ONLY} only` : ""}${APPENDFSYNC === "always" ? "" : `, appendfsync ${APPENDFSYNC}`}`,
+    command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
+    durationSeconds: round((performance.now() - started) / 1000, 0),
+    git: gitState(),
+    machine,
+    setup: {
+      messageBytes: MESSAGE_BYTES,
+      upstream: `fake Office 365 on loopback: STARTTLS (test PKI, verified), AUTH PLAIN, ${REPLY_DELAY_MS} ms before each end-of-DATA reply, 432 4.3.2 beyond ${CONNECTIONS_PER_MAILBOX} connections per mailbox`,
+      delivery:
+        "1 or 2 relay processes (run from dist/ with plain node), one private redis-server (appendonly yes, appendfsync always) over TCP, queues paused while the backlog is submitted, clock starts at resume",
+      ceilingPerMailbox: CEILING_PER_MAILBOX,
+      ingest: `${PLAN.ingest.connections} connections, one reused connection each, ${PLAN.ingest.warmupMs} ms warm-up then ${PLAN.ingest.durationMs} ms measured; mail held (no mailbox configured)`,
+    },
+    targets: TARGETS,
+    delivery,
+    deliveryFailures: failures,
+    ingest,
+  };
+
+  process.stdout.write(formatReport(report));
+  for (const f of failures) {
+    process.stdout.write(`delivery ${f.relays} relay(s), ${f.mailboxes} mailbox(es) FAILED: ${f.error}\n`);
+  }
+
+  const resultsDir = join(HERE, "results");
+  mkdirSync(resultsDir, { recursive: true });
+  const partial = !(RUN_DELIVERY && RUN_INGEST) || APPENDFSYNC !== "always";
+  const file = join(resultsDir, QUICK || partial ? "latest-partial.json" : "latest.json");
+  writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
+  log(`wrote ${file} in ${report.durationSeconds} s`);
+  if (KEEP) log(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);
