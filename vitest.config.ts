@@ -7,5 +7,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks",
+    // most tests wait on sockets and timers, not the CPU: three files at a time keep CI well under 15 minutes
+    maxWorkers: 3,
   },
 });

@@ -24,7 +24,7 @@ afterEach(async () => {
 });
 
 const printers = (extra: Record<string, unknown>) => ({
-  clients: [{ name: "floor2-printers", networks: ["127.0.0.2/32"], ...extra }],
+  clients: [{ name: "floor2-printers", networks: ["127.0.0.2/32"], from: "keep", ...extra }],
 });
 
 describe("onFailure configuration", () => {

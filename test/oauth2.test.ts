@@ -44,7 +44,12 @@ async function relay(mailboxes: Record<string, unknown>, extra: Record<string, u
     redis: redisUrl,
     upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
     mailboxes,
-    clients: names.map((mailbox, i) => ({ name: `c${i}`, networks: [`127.0.0.${i + 2}/32`], mailbox })),
+    clients: names.map((mailbox, i) => ({
+      name: `c${i}`,
+      networks: [`127.0.0.${i + 2}/32`],
+      mailbox,
+      from: "keep",
+    })),
     retry: { firstDelay: 200, factor: 2, maxDelay: 1_000, authRetryInterval: 60_000 },
     ...extra,
   });

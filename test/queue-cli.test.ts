@@ -183,7 +183,7 @@ describe("sluice queue against Redis with no relay running", () => {
     const config = writeConfigFile({
       dataDir,
       mailboxes: { [MAILBOX]: { password: "x" } },
-      clients: [{ name: "p", networks: ["127.0.0.2/32"] }],
+      clients: [{ name: "p", networks: ["127.0.0.2/32"], from: "keep" }],
     });
     const status = await sluice(["queue", "status", "-c", config, "--json"]);
     expect(status.stderr).toBe("");

@@ -259,7 +259,8 @@ export const oauth2Schema = z
         cert: z.string().min(1).describe("PEM file of the certificate uploaded to the app registration"),
       })
       .strict()
-      .optional(),
+      .optional()
+      .describe("certificate credential instead of a client secret"),
     authority: z
       .string()
       .regex(/^https:\/\/[^/]+\/?$/, "must be https://host (e.g. https://login.microsoftonline.us)")

@@ -2,8 +2,12 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FaultRig } from "./fault-rig.js";
 
 let rig: FaultRig | undefined;
-/** Recipients in flight on both relays' 3 connections each (2 recipients per message): the most a fault may duplicate. */
-const IN_FLIGHT_RECIPIENTS = 2 * 3 * 2;
+/**
+ * The most a Redis fault may duplicate, in recipients (2 per message): on each of the 2 relays, the 6 jobs a
+ * worker may hold whose message the upstream accepted but whose completion Redis never recorded, plus one
+ * submission per client (20) that Redis kept although the client got 451 and sent it again.
+ */
+const IN_FLIGHT_RECIPIENTS = (2 * 6 + 20) * 2;
 
 afterEach(async () => {
   await rig?.stop();

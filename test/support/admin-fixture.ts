@@ -29,7 +29,7 @@ export async function startOperationsFixture(redisUrl: string): Promise<Operatio
     redis: redisUrl,
     upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
     mailboxes: { [MAILBOX]: { password: MAILBOX_PASSWORD } },
-    clients: [{ name: "floor2-printers", networks: ["127.0.0.2/32"] }],
+    clients: [{ name: "floor2-printers", networks: ["127.0.0.2/32"], from: "keep" }],
     ...extra,
   });
   return {
