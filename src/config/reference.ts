@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { configSchema } from "./schema.js";
+import { configObjectSchema } from "./schema.js";
 
 /** One documented configuration key. */
 export interface ReferenceRow {
@@ -102,8 +102,8 @@ function walk(
 /** Every configuration key with its type, default and description, read from the zod schema. */
 export function configurationReferenceRows(): ReferenceRow[] {
   const options = { unrepresentable: "any", target: "draft-2020-12" } as const;
-  const input = z.toJSONSchema(configSchema, { ...options, io: "input" }) as JsonSchema;
-  const output = z.toJSONSchema(configSchema, { ...options, io: "output" }) as JsonSchema;
+  const input = z.toJSONSchema(configObjectSchema, { ...options, io: "input" }) as JsonSchema;
+  const output = z.toJSONSchema(configObjectSchema, { ...options, io: "output" }) as JsonSchema;
   const rows: ReferenceRow[] = [];
   walk(input, output, "", false, rows);
   return rows;

@@ -397,7 +397,8 @@ export const adminSchema = z
     }
   });
 
-export const configSchema = z
+/** The configuration object before cross-key checks and limit resolution (for the generated reference). */
+export const configObjectSchema = z
   .object({
     listen: z
       .array(listenerSchema)
@@ -528,7 +529,9 @@ export const configSchema = z
       .describe("who may submit: printers by network, applications by AUTH"),
     admin: adminSchema.optional().describe("admin HTTP server; off when absent"),
   })
-  .strict()
+  .strict();
+
+export const configSchema = configObjectSchema
   .superRefine((config, ctx) => {
     const mailboxes = Object.keys(config.mailboxes);
     config.clients.forEach((client, index) => {
