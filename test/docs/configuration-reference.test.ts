@@ -20,7 +20,9 @@ describe("docs/configuration-reference.md", () => {
       default: "`127.0.0.1:8025`",
     });
     expect(rows.find((r) => r.key === "`maxMessageSize`")?.default).toBe("`36700160`");
-    expect(rows.find((r) => r.key === '`mailboxes."<address>".password`')?.default).toBe("required");
+    // a mailbox needs password or oauth2: neither is required alone, and the description says so
+    expect(rows.find((r) => r.key === '`mailboxes."<address>".password`')?.description).toMatch(/oauth2/);
+    expect(rows.find((r) => r.key === '`mailboxes."<address>".oauth2.tenant`')?.default).toBe("required");
     expect(rows.find((r) => r.key === '`mailboxes."<address>".limits.connections`')?.default).toBe(
       "`defaults.limits.connections`",
     );
