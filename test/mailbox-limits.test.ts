@@ -118,6 +118,27 @@ describe("recipient batching", () => {
   });
 });
 
+describe("retries", () => {
+  it("retries temporary failures with backoff until retry.maxAge, then fails the message as expired", async () => {
+    const r = await relay({ retry: { firstDelay: 100, factor: 2, maxDelay: 400, maxAge: 1_500 } });
+    upstream.script(
+      ...Array.from({ length: 50 }, () => ({
+        reply: { code: 451, message: "4.7.0 Temporary server error. Please try again later." },
+      })),
+    );
+    const result = await send(r, ["expires@example.com"]);
+    const id = /queued as (\w+)/.exec(result.response)?.[1] as string;
+    const queue = r.spool.queue(MAILBOX);
+    await waitFor(async () => (await queue.getJobState(id)) === "failed", 20_000, "message expired");
+    const job = await queue.getJob(id);
+    expect(job?.failedReason).toMatch(/^expired/);
+    // several attempts with growing delays, not one per scripted fault
+    expect(job?.attemptsMade).toBeGreaterThan(2);
+    expect(job?.attemptsMade).toBeLessThan(20);
+    expect(upstream.messages).toHaveLength(0);
+  });
+});
+
 describe("budgets", () => {
   it("holds a mailbox's mail when its daily recipient budget is spent, and says which budget holds it", async () => {
     const r = await relay({
