@@ -76,3 +76,61 @@ describe("priority lanes", () => {
     expect(relay.logs.some((l) => l.event === "queued" && l.priority === "bulk")).toBe(true);
   }, 240_000);
 });
+
+describe("the last connection", () => {
+  it("is left to interactive mail: while it waits, bulk mail brings no further connection into use", async () => {
+    const MAILBOX2 = "alerts@contoso.com";
+    const pki = await createTestPki();
+    // slow replies keep both connections busy, so who takes the next free one is visible in the order
+    const slow = await startFakeUpstream({
+      tls: await pki.issue(["127.0.0.1"]),
+      users: { [MAILBOX2]: "pw" },
+      replyDelayMs: 300,
+    });
+    const lanes = await startTestRelay({
+      redis: redisUrl,
+      upstream: { host: "127.0.0.1", port: slow.port, ca: tempFile("ca.pem", pki.ca) },
+      mailboxes: {
+        [MAILBOX2]: {
+          password: "pw",
+          limits: { connections: 2, messagesPerMinute: 100_000, recipientsPerDay: 100_000 },
+        },
+      },
+      clients: [
+        { name: "monitoring", networks: ["127.0.0.2/32"], from: "keep" },
+        { name: "newsletter", networks: ["127.0.0.3/32"], from: "keep", priority: "bulk" },
+      ],
+    });
+    try {
+      const bulk = await openSubmission({ port: lanes.port, localAddress: "127.0.0.3", startTls: false });
+      for (let i = 0; i < 20; i++) {
+        const to = [`reader${i}@example.org`];
+        const raw = buildMessage({ from: "news@contoso.com", to, subject: `bulk-${i}` });
+        expect((await bulk.send({ from: "news@contoso.com", to }, raw)).code).toBe(250);
+      }
+      await bulk.close();
+      // two bulk messages are being sent and two more wait for a connection when the alert arrives
+      await slow.waitForMessages(4, 30_000);
+      const before = slow.messages.length;
+      const to = ["oncall@example.org"];
+      const alert = await submit({
+        port: lanes.port,
+        localAddress: "127.0.0.2",
+        startTls: false,
+        from: "alerts@monitoring.local",
+        to,
+        raw: buildMessage({ from: "alerts@monitoring.local", to, subject: "interactive-alert" }),
+      });
+      expect(alert.code).toBe(250);
+      const all = await slow.waitForMessages(21, 60_000);
+      const subjects = all.map((m) => /^Subject: (\S+)/m.exec(m.raw.toString("latin1"))?.[1] ?? "");
+      const position = subjects.indexOf("interactive-alert");
+      // only the 2 bulk messages on the wire when the alert was queued, and at most one that took a connection
+      // while the alert was still being submitted, may go before it (without the reservation: 4 or 5)
+      expect(position - before).toBeLessThanOrEqual(3);
+    } finally {
+      await lanes.stop();
+      await slow.stop();
+    }
+  }, 120_000);
+});

@@ -70,9 +70,18 @@ export class ConnectionPool {
    * An idle connection, or a new one under a fresh lease; when all of this pool's connections are busy, waits
    * (up to leaseWaitMs) for one to come back. Throws NoConnectionSlot, or the upstream's error.
    */
-  async acquire(): Promise<UpstreamConnection> {
+  async acquire(
+    /** How many of this pool's connections the caller may bring into use (bulk mail leaves one free). */
+    maxInUse: () => number | Promise<number> = () => this.options.maxConnections,
+  ): Promise<UpstreamConnection> {
     const until = Date.now() + this.options.leaseWaitMs;
     for (;;) {
+      const allowed = await maxInUse();
+      if (this.inUse >= allowed) {
+        if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
+        await this.nextRelease(Math.min(until - Date.now(), 50 + Math.random() * 100));
+        continue;
+      }
       while (this.idle.length) {
         const pooled = this.idle.pop() as Pooled;
         clearTimeout(pooled.idleTimer);
@@ -142,8 +151,9 @@ export class ConnectionPool {
     });
   }
 
-  private wakeOne(): void {
-    this.waiters[0]?.();
+  /** Wakes every waiter: each checks again whether it may take a connection (lanes differ). */
+  private wakeAll(): void {
+    for (const waiter of [...this.waiters]) waiter();
   }
 
   /** Gives a connection back: kept for reuse when healthy, closed (and its lease released) otherwise. */
@@ -168,7 +178,7 @@ export class ConnectionPool {
     }, this.options.idleTimeout);
     pooled.idleTimer.unref();
     this.idle.push(pooled);
-    this.wakeOne();
+    this.wakeAll();
   }
 
   private discard(pooled: Pooled): void {
@@ -176,7 +186,7 @@ export class ConnectionPool {
     clearTimeout(pooled.idleTimer);
     pooled.connection.close();
     this.options.lease.release(pooled.leaseId).catch(() => {});
-    this.wakeOne();
+    this.wakeAll();
   }
 
   /** Closes idle connections and releases their leases; busy ones close when released. */

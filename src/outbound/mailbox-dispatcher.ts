@@ -61,6 +61,8 @@ export class MailboxDispatcher {
   private readonly worker: Worker<MessageJob>;
   private readonly pool: ConnectionPool;
   private readonly logger: Logger;
+  /** Interactive jobs of this process waiting in acquireConnection(). */
+  private interactiveAcquiring = 0;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
     const { mailbox, limits, upstream, spool, retry, leases } = options;
@@ -183,7 +185,7 @@ export class MailboxDispatcher {
       let connection: UpstreamConnection | undefined;
       let healthy = false;
       try {
-        connection = await this.pool.acquire();
+        connection = await this.acquireConnection(job);
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
         // the connection goes back before the bookkeeping below, so the next message need not wait for it
@@ -296,15 +298,36 @@ export class MailboxDispatcher {
   }
 
   /**
-   * The budget limits a job may use. Bulk mail leaves the last connection slot and the last message of the
-   * minute window to interactive mail while any is waiting: undefined = step aside now.
+   * The budget limits a job may use. Bulk mail leaves the last message of the minute window to interactive
+   * mail while any is waiting (and the last connection: acquireConnection): undefined = step aside now.
    */
   private async laneLimits(job: Job<MessageJob>): Promise<Limits | undefined> {
-    const { limits, spool, mailbox } = this.options;
-    if (job.data.priority !== "bulk") return limits;
-    if ((await spool.interactiveWaiting(mailbox)) === 0) return limits;
-    if (limits.messagesPerMinute <= 1 || this.pool.inUse >= limits.connections - 1) return undefined;
+    const { limits } = this.options;
+    if (job.data.priority !== "bulk" || !(await this.interactiveWaiting())) return limits;
+    if (limits.messagesPerMinute <= 1) return undefined;
     return { ...limits, messagesPerMinute: limits.messagesPerMinute - 1 };
+  }
+
+  /** Interactive mail waiting for this mailbox: in the queue, or in this process for a connection. */
+  private async interactiveWaiting(): Promise<boolean> {
+    if (this.interactiveAcquiring > 0) return true;
+    return (await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0;
+  }
+
+  /** A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits. */
+  private async acquireConnection(job: Job<MessageJob>): Promise<UpstreamConnection> {
+    const { connections } = this.options.limits;
+    if (job.data.priority === "bulk") {
+      return this.pool.acquire(async () =>
+        connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
+      );
+    }
+    this.interactiveAcquiring++;
+    try {
+      return await this.pool.acquire();
+    } finally {
+      this.interactiveAcquiring--;
+    }
   }
 
   /** Acts on the reply table's verdict; always throws (hold, retry or fail). */
