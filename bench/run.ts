@@ -8,9 +8,14 @@
  * 2. Ingest: 50 clients, one reused connection each, 10 KB messages, into one relay whose mail is held
  *    (no mailbox configured, so nothing is delivered); the same clients against a trivial sink for their
  *    own ceiling.
+ * 3. Large (`--only large`): 20 clients at once, each one 25 MB scan (base64 attachment, about 34 MB), into
+ *    one relay with its embedded Redis; accepted count, wall time, peak RSS of the relay and of Redis.
+ * 4. 500 mailboxes (`--only mailboxes500`): delivery at the connection cap as in 1, 500 mailboxes, 2 relays.
+ * 5. Backlog (`--only backlog`): 100,000 queued 1 KB messages in one paused mailbox (written with the Spool
+ *    class, no SMTP): Redis and relay memory, and the wall time of `sluice queue status`.
  *
- * `npm run bench` (full, about 3.5 minutes on 2 cores) writes bench/results/latest.json. Options (results
- * then go to latest-partial.json): `--quick` (about 1 minute), `--only delivery|ingest`,
+ * `npm run bench` (full, about 7 minutes on 2 cores; 500 mailboxes alone take 1-2) writes bench/results/latest.json. Options (results
+ * then go to latest-partial.json): `--quick` (about 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`,
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
  * The relays run from dist/ (npm run bench builds first).
@@ -48,15 +53,27 @@ import {
   percentile,
   runLoad,
 } from "./load-client.js";
-import { childPid, machineCpuMs, procCpuMs, startWorker, type Worker } from "./processes.js";
+import { childPid, machineCpuMs, procCpuMs, procRss, startWorker, type Worker } from "./processes.js";
 import type { ProcessStats } from "./worker-ipc.js";
 
 const QUICK = process.argv.includes("--quick");
 const KEEP = process.argv.includes("--keep");
 /** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
-const ONLY = process.argv[process.argv.indexOf("--only") + 1] as "delivery" | "ingest" | undefined;
+const ONLY = process.argv[process.argv.indexOf("--only") + 1] as
+  | "delivery"
+  | "ingest"
+  | "large"
+  | "mailboxes500"
+  | "backlog"
+  | undefined;
 const RUN_DELIVERY = !process.argv.includes("--only") || ONLY === "delivery";
 const RUN_INGEST = !process.argv.includes("--only") || ONLY === "ingest";
+const RUN_LARGE = !process.argv.includes("--only") || ONLY === "large";
+const RUN_MAILBOXES500 = !process.argv.includes("--only") || ONLY === "mailboxes500";
+const RUN_BACKLOG = !process.argv.includes("--only") || ONLY === "backlog";
+const RUN_ALL = RUN_DELIVERY && RUN_INGEST && RUN_LARGE && RUN_MAILBOXES500 && RUN_BACKLOG;
+/** The queue of mail whose client has no mailbox (src/spool/spool.ts HELD_QUEUE). */
+const HELD_QUEUE_NAME = "held";
 /** `--appendfsync everysec|no`: an experiment (results go to latest-partial.json); default always. */
 const APPENDFSYNC = process.argv.includes("--appendfsync")
   ? (process.argv[process.argv.indexOf("--appendfsync") + 1] ?? "always")
@@ -82,6 +99,8 @@ const TARGETS = {
   count432: 0,
   maxConcurrentPerMailbox: CONNECTIONS_PER_MAILBOX,
   ingestMessagesPerSecond: 800,
+  largeAccepted: "all 20",
+  largeRelayPeakRssMB: 300,
 };
 
 const PLAN = QUICK
@@ -94,6 +113,9 @@ const PLAN = QUICK
         { relays: 1, mailboxes: 10, perMailbox: 40 },
       ],
       ingest: { connections: 50, warmupMs: 500, durationMs: 3_000 },
+      large: { clients: 5, attachmentBytes: 25 * 1024 * 1024 },
+      mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 2, deadlineSeconds: 120 },
+      backlog: { messages: 10_000, concurrency: 200 },
     }
   : {
       delivery: [
@@ -105,7 +127,13 @@ const PLAN = QUICK
         { relays: 1, mailboxes: 10, perMailbox: 200 },
       ],
       ingest: { connections: 50, warmupMs: 1_000, durationMs: 10_000 },
+      large: { clients: 20, attachmentBytes: 25 * 1024 * 1024 },
+      // 2,000 messages, as in the other delivery runs
+      mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 4, deadlineSeconds: 180 },
+      backlog: { messages: 100_000, concurrency: 200 },
     };
+/** Run number of the 500-mailbox delivery (mailbox names and prefix); apart from PLAN.delivery's. */
+const MAILBOXES500_RUN = 500;
 
 // ---------------------------------------------------------------------------------------------- helpers
 
@@ -354,7 +382,10 @@ interface DeliveryResult {
   relays: number;
   mailboxes: number;
   messages: number;
+  /** Messages the upstream accepted, duplicates included. */
   delivered: number;
+  /** Distinct queue ids among them: delivered - distinctDelivered were delivered twice. */
+  distinctDelivered: number;
   queueing: { seconds: number; perSecond: number; refused: number };
   /** From resume (clock start) to the last message the upstream accepted. */
   seconds: number;
@@ -388,8 +419,16 @@ interface DeliveryResult {
   benchCpuPercent: number;
   /** CPU the rest of the machine used meanwhile (other people's processes), % of one core. */
   otherCpuPercent: number;
+  /** Redis INFO clients connected_clients at the end of the delivery (relays and the benchmark's own). */
+  redisConnectedClients: number;
   logProblems: { warnings: number; errors: number; events: Record<string, number> };
   timedOut: boolean;
+}
+
+/** The relay's queue id from the Received header it adds (`... with ESMTP id <queue id>`). */
+function queueIdOf(raw: Buffer): string {
+  const head = raw.subarray(0, 2_048).toString("latin1");
+  return / id ([0-9A-Z]+)/.exec(head)?.[1] ?? head;
 }
 
 function mailboxName(run: number, index: number): string {
@@ -399,7 +438,7 @@ function mailboxName(run: number, index: number): string {
 async function deliveryRun(
   env: DeliveryEnv,
   run: number,
-  spec: { relays: number; mailboxes: number; perMailbox: number },
+  spec: { relays: number; mailboxes: number; perMailbox: number; deadlineSeconds?: number },
 ): Promise<DeliveryResult> {
   const mailboxes = Array.from({ length: spec.mailboxes }, (_, k) => mailboxName(run, k));
   const total = spec.mailboxes * spec.perMailbox;
@@ -493,10 +532,19 @@ async function deliveryRun(
     const startedAt = Date.now();
     await Promise.all(queues.map((q) => q.resume()));
     const ideal = spec.perMailbox / CEILING_PER_MAILBOX;
-    const deadline = startedAt + (ideal * 3 + 20) * 1000;
-    while (env.upstream.messages.length < queuedOk && Date.now() < deadline) await sleep(10);
-    const timedOut = env.upstream.messages.length < queuedOk;
+    const deadline = startedAt + (spec.deadlineSeconds ?? ideal * 3 + 20) * 1000;
+    // distinct queue ids (Received: ... id <queue id>): a message delivered twice must not end the wait early
+    const distinct = new Set<string>();
+    let seen = 0;
+    const distinctCount = () => {
+      for (const m of env.upstream.messages.slice(seen)) distinct.add(queueIdOf(m.raw));
+      seen = env.upstream.messages.length;
+      return distinct.size;
+    };
+    while (distinctCount() < queuedOk && Date.now() < deadline) await sleep(10);
+    const timedOut = distinctCount() < queuedOk;
     const after = await sampleCpu(relays, env.redis.pid());
+    const redisClients = infoField(await env.admin.info("clients"), "connected_clients");
     const redisProbe = await endProbe();
     const wallMs = after.at - before.at;
 
@@ -549,6 +597,7 @@ async function deliveryRun(
       mailboxes: spec.mailboxes,
       messages: total,
       delivered: messages.length,
+      distinctDelivered: new Set(messages.map((m) => queueIdOf(m.raw))).size,
       queueing: { seconds: round(queueSeconds, 2), perSecond: round(queuedOk / queueSeconds, 0), refused },
       seconds: round(seconds, 2),
       firstMessageMs: (times[0] ?? Number.NaN) - startedAt,
@@ -597,6 +646,7 @@ async function deliveryRun(
           after.relays.reduce((sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs, 0),
         wallMs,
       ),
+      redisConnectedClients: redisClients,
       logProblems: {
         warnings: scans.reduce((s, x) => s + x.warnings, 0),
         errors: scans.reduce((s, x) => s + x.errors, 0),
@@ -840,8 +890,11 @@ function formatReport(report: {
   };
   delivery: DeliveryResult[];
   ingest: IngestResult[];
+  large: LargeResult | undefined;
+  mailboxes500: DeliveryResult | undefined;
+  backlog: BacklogResult | undefined;
 }): string {
-  const { machine, delivery, ingest } = report;
+  const { machine, delivery, ingest, large, mailboxes500, backlog } = report;
   const runLabel = (d: DeliveryResult) => `${d.relays} relay${d.relays > 1 ? "s" : ""}, ${d.mailboxes} mbx`;
   return [
     "",
@@ -946,7 +999,439 @@ function formatReport(report: {
     "  redis: redis-server 7, appendonly yes, appendfsync always; over TCP on loopback, or the embedded one (unix socket)",
     "  latency: raw client = end of DATA to the reply; nodemailer client = MAIL FROM to the reply (whole transaction)",
     "",
+    ...(large ? formatLarge(large) : []),
+    ...(mailboxes500 ? formatMailboxes500(mailboxes500) : []),
+    ...(backlog ? formatBacklog(backlog) : []),
   ].join("\n");
+}
+
+// ------------------------------------------------------------------------------------- large messages
+
+interface LargeResult {
+  clients: number;
+  attachmentMB: number;
+  messageMB: number;
+  maxMessageSize: string;
+  accepted: number;
+  refused: number;
+  refusals: string[];
+  heldJobs: number;
+  seconds: number;
+  /** ms per client from the first DATA byte written to the 250 (transfer included). */
+  perClientMs: { min: number; p50: number; max: number };
+  relayPeakRssMB: number;
+  /** Peak RSS the relay's kernel counters saw since it started (getrusage maxrss). */
+  relayMaxRssMB: number;
+  relayRssBeforeMB: number;
+  relayRssAfterMB: number;
+  redisPeakRssMB: number;
+  redisUsedMemoryMB: number;
+  redis: RedisProbe;
+}
+
+/** Polls /proc/<pid>/status VmRSS of each pid every `everyMs`; stop() returns the peaks (bytes). */
+function watchRss(pids: (number | undefined)[], everyMs = 50): { stop(): number[] } {
+  const peaks = pids.map(() => 0);
+  const poll = () =>
+    pids.forEach((pid, i) => {
+      const rss = procRss(pid);
+      if (rss > (peaks[i] as number)) peaks[i] = rss;
+    });
+  poll();
+  const timer = setInterval(poll, everyMs);
+  return {
+    stop() {
+      clearInterval(timer);
+      poll();
+      return peaks;
+    },
+  };
+}
+
+const infoField = (info: string, field: string) =>
+  Number(new RegExp(`^${field}:(\\S+)`, "m").exec(info)?.[1] ?? Number.NaN);
+
+/**
+ * 20 clients at once, each one 25 MB scan (base64 attachment, about 34 MB on the wire), into one relay with
+ * its embedded Redis (append-only, fsync always); mail held (no mailbox configured).
+ */
+async function largeRun(dir: string): Promise<LargeResult> {
+  const { clients, attachmentBytes } = PLAN.large;
+  const maxMessageSize = "50MB";
+  const from = "scanner@bench.example";
+  const to = "someone@example.net";
+  const message = buildMessage({ from, to: [to], subject: "scan", bodyBytes: 200, attachmentBytes });
+  const payload = dataPayload(message);
+  log(`large: ${clients} clients x ${mb(message.length)} MB message (${mb(attachmentBytes)} MB attachment)`);
+  const configFile = join(dir, "relay-large.json");
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      ...relayConfig({
+        prefix: "bench-l",
+        dataDir: join(dir, "data-l"),
+        mailboxes: [],
+        clients: [{ name: "loopback", networks: ["127.0.0.0/8"] }],
+      }),
+      maxMessageSize,
+    }),
+  );
+  const relay = await startWorker(RELAY_WORKER, [configFile], join(dir, "relay-large.log"));
+  const admin = new Redis({ path: join(dir, "data-l", "redis", "redis.sock") });
+  try {
+    const redisPid = childPid(relay.pid, "redis-server");
+    syncDisks();
+    const endProbe = await probeRedis(admin);
+    const before = await relay.stats();
+    const watch = watchRss([relay.pid, redisPid]);
+    const started = performance.now();
+    const outcomes = await Promise.all(
+      Array.from({ length: clients }, async () => {
+        try {
+          const client = await PipelinedSmtp.open({ port: relay.port });
+          const { reply, latencyMs } = await client.send(from, [to], payload);
+          await client.quit();
+          return { ok: reply.code === 250, ms: latencyMs, reply: `${reply.code} ${reply.text}` };
+        } catch (err) {
+          return { ok: false, ms: Number.NaN, reply: (err as Error).message };
+        }
+      }),
+    );
+    const seconds = (performance.now() - started) / 1000;
+    const [relayPeak, redisPeak] = watch.stop() as [number, number];
+    const after = await relay.stats();
+    const redisProbe = await endProbe();
+    const held = new Queue(HELD_QUEUE_NAME, { connection: admin, prefix: "bench-l" });
+    const counts = await held.getJobCounts("wait", "prioritized", "delayed");
+    await held.close();
+    const usedMemory = infoField(await admin.info("memory"), "used_memory");
+    const times = outcomes
+      .filter((o) => o.ok)
+      .map((o) => o.ms)
+      .sort((a, b) => a - b);
+    const refusals = [...new Set(outcomes.filter((o) => !o.ok).map((o) => o.reply))];
+    const result: LargeResult = {
+      clients,
+      attachmentMB: round(attachmentBytes / 1024 ** 2),
+      messageMB: round(message.length / 1024 ** 2),
+      maxMessageSize,
+      accepted: outcomes.filter((o) => o.ok).length,
+      refused: outcomes.filter((o) => !o.ok).length,
+      refusals,
+      heldJobs: Object.values(counts).reduce((a, b) => a + b, 0),
+      seconds: round(seconds),
+      perClientMs: {
+        min: round(times[0] ?? Number.NaN, 0),
+        p50: round(percentile(times, 50), 0),
+        max: round(times.at(-1) ?? Number.NaN, 0),
+      },
+      relayPeakRssMB: mb(relayPeak),
+      relayMaxRssMB: mb(after.maxRss),
+      relayRssBeforeMB: mb(before.rss),
+      relayRssAfterMB: mb(after.rss),
+      redisPeakRssMB: mb(redisPeak),
+      redisUsedMemoryMB: mb(usedMemory),
+      redis: redisProbe,
+    };
+    log(
+      `  ${result.accepted}/${clients} accepted in ${result.seconds} s; relay peak RSS ${result.relayPeakRssMB} MB ` +
+        `(maxrss ${result.relayMaxRssMB} MB), redis peak RSS ${result.redisPeakRssMB} MB` +
+        (refusals.length ? `; refused: ${refusals[0]}` : ""),
+    );
+    return result;
+  } finally {
+    admin.disconnect();
+    await relay.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------- backlog
+
+interface BacklogResult {
+  messages: number;
+  messageBytes: number;
+  /** How the backlog was made: jobs and bodies written with the Spool class of dist/ (no SMTP). */
+  fill: { method: string; seconds: number; perSecond: number; concurrency: number };
+  queuedSeen: number;
+  redisUsedMemoryMB: number;
+  redisUsedMemoryRssMB: number;
+  redisProcessRssMB: number;
+  redisKeys: number;
+  aofMB: number;
+  relayRssMB: number;
+  relayMaxRssMB: number;
+  relayStartSeconds: number;
+  /** `node dist/cli.js --help`: node and the CLI's own start-up, for comparison. */
+  cliStartupMs: number;
+  statusTableMs: number[];
+  statusJsonMs: number[];
+  statusRowQueued: number;
+}
+
+function timeCli(args: string[]): { ms: number; stdout: string } {
+  const started = performance.now();
+  const stdout = execFileSync(process.execPath, [join(ROOT, "dist", "cli.js"), ...args], {
+    cwd: ROOT,
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 * 1024,
+    env: { ...process.env, FORCE_COLOR: "0" },
+  });
+  return { ms: round(performance.now() - started, 0), stdout };
+}
+
+/**
+ * 100,000 queued 1 KB messages in one mailbox whose queue is paused (nothing is delivered): Redis memory, a
+ * relay's memory with that backlog, and how long `sluice queue status` takes against it.
+ */
+async function backlogRun(dir: string, caFile: string): Promise<BacklogResult> {
+  const { messages, concurrency } = PLAN.backlog;
+  const prefix = "bench-b";
+  const mailbox = "backlog@contoso.bench";
+  log(`backlog: ${messages} x 1 KB queued in one mailbox, delivery paused`);
+  const redis = await startPrivateRedis({ appendOnly: true });
+  const admin = new Redis(redis.url, { maxRetriesPerRequest: null });
+  const writer = new Redis(redis.url, { maxRetriesPerRequest: null });
+  // the type from src/, the class from dist/ (as the relays run it); dist/ has no .d.ts files
+  const spoolModule = join(ROOT, "dist", "spool", "spool.js");
+  const { Spool, newQueueId } = (await import(spoolModule)) as typeof import("../src/spool/spool.js");
+  const spool = new Spool(writer, prefix, {
+    attempts: 1_000_000,
+    backoff: { type: "exponential", delay: 1_000 },
+    removeOnComplete: { age: 24 * 3600, count: 10_000 },
+  });
+  const queue = new Queue(mailbox, { connection: admin, prefix });
+  let relay: Worker | undefined;
+  try {
+    await queue.pause();
+    const body = buildMessage({
+      from: mailbox,
+      to: ["user@example.net"],
+      subject: "backlog",
+      bodyBytes: 700,
+    });
+    const fillStarted = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < messages) {
+          next++;
+          const id = newQueueId();
+          const bodyWriter = spool.openBody(id);
+          await bodyWriter.write(body);
+          await bodyWriter.flush();
+          await spool.commit({
+            id,
+            client: "bench",
+            mailbox,
+            mailFrom: mailbox,
+            recipients: ["user@example.net"],
+            delivered: [],
+            refused: [],
+            size: body.length,
+            remoteAddress: "127.0.0.1",
+            receivedAt: Date.now(),
+          });
+        }
+      }),
+    );
+    const fillSeconds = (performance.now() - fillStarted) / 1000;
+    log(`  filled in ${fillSeconds.toFixed(1)} s (${round(messages / fillSeconds, 0)} msg/s)`);
+
+    const configFile = join(dir, "relay-backlog.json");
+    writeFileSync(
+      configFile,
+      JSON.stringify(
+        relayConfig({
+          redis: redis.url,
+          prefix,
+          dataDir: join(dir, "data-b"),
+          // nothing listens on port 9: were the queue not paused, delivery would fail, not succeed
+          upstream: { port: 9, ca: caFile },
+          mailboxes: [mailbox],
+          clients: [{ name: "loopback", networks: ["127.0.0.0/8"], mailbox }],
+        }),
+      ),
+    );
+    const relayStarted = performance.now();
+    relay = await startWorker(RELAY_WORKER, [configFile], join(dir, "relay-backlog.log"));
+    const relayStartSeconds = (performance.now() - relayStarted) / 1000;
+    await sleep(5_000);
+    const relayStats = await relay.stats();
+
+    const cliStartupMs = timeCli(["--help"]).ms;
+    const statusTableMs: number[] = [];
+    const statusJsonMs: number[] = [];
+    let statusRowQueued = Number.NaN;
+    for (let i = 0; i < 3; i++) {
+      const table = timeCli(["queue", "status", "--config", configFile]);
+      statusTableMs.push(table.ms);
+      if (i === 0) process.stderr.write(`${table.stdout.trimEnd()}\n`);
+      const json = timeCli(["queue", "status", "--config", configFile, "--json"]);
+      statusJsonMs.push(json.ms);
+      const rows = JSON.parse(json.stdout) as { mailbox: string; queued: number; delayed: number }[];
+      const row = rows.find((r) => r.mailbox === mailbox);
+      statusRowQueued = row ? row.queued + row.delayed : Number.NaN;
+    }
+    const memory = await admin.info("memory");
+    const persistence = await admin.info("persistence");
+    const counts = await queue.getJobCounts("wait", "prioritized", "delayed", "active");
+    const result: BacklogResult = {
+      messages,
+      messageBytes: body.length,
+      fill: {
+        method:
+          "Spool.openBody().write()/flush() + Spool.commit() from dist/spool/spool.js (the relay's own code path after DATA), no SMTP",
+        seconds: round(fillSeconds),
+        perSecond: round(messages / fillSeconds, 0),
+        concurrency,
+      },
+      queuedSeen: Object.values(counts).reduce((a, b) => a + b, 0),
+      redisUsedMemoryMB: mb(infoField(memory, "used_memory")),
+      redisUsedMemoryRssMB: mb(infoField(memory, "used_memory_rss")),
+      redisProcessRssMB: mb(procRss(redis.pid())),
+      redisKeys: await admin.dbsize(),
+      aofMB: mb(infoField(persistence, "aof_current_size")),
+      relayRssMB: mb(relayStats.rss),
+      relayMaxRssMB: mb(relayStats.maxRss),
+      relayStartSeconds: round(relayStartSeconds, 2),
+      cliStartupMs,
+      statusTableMs,
+      statusJsonMs,
+      statusRowQueued,
+    };
+    log(
+      `  redis used_memory ${result.redisUsedMemoryMB} MB (RSS ${result.redisProcessRssMB} MB), relay RSS ` +
+        `${result.relayRssMB} MB; queue status ${statusTableMs.join("/")} ms, --json ${statusJsonMs.join("/")} ms`,
+    );
+    return result;
+  } finally {
+    await relay?.stop();
+    await spool.close();
+    await queue.close().catch(() => undefined);
+    writer.disconnect();
+    admin.disconnect();
+    await redis.destroy();
+  }
+}
+
+function formatLarge(r: LargeResult): string[] {
+  return [
+    `Large messages: ${r.clients} clients at once, one ${r.messageMB} MB message each (${r.attachmentMB} MB base64 attachment), ` +
+      `maxMessageSize ${r.maxMessageSize}, embedded redis (appendfsync always), mail held`,
+    table(
+      [
+        "accepted",
+        "refused",
+        "held jobs",
+        "wall s",
+        "per client ms min/p50/max",
+        "relay peak RSS MB (50 ms polls)",
+        "relay maxrss MB",
+        "relay RSS before/after MB",
+        "redis peak RSS MB",
+        "redis used_memory MB",
+        "slowest fsync ms",
+      ],
+      [
+        [
+          `${r.accepted}/${r.clients}`,
+          r.refused,
+          r.heldJobs,
+          r.seconds,
+          `${fmt(r.perClientMs.min)}/${fmt(r.perClientMs.p50)}/${fmt(r.perClientMs.max)}`,
+          r.relayPeakRssMB,
+          r.relayMaxRssMB,
+          `${r.relayRssBeforeMB}/${r.relayRssAfterMB}`,
+          r.redisPeakRssMB,
+          r.redisUsedMemoryMB,
+          r.redis.fsyncMaxMs,
+        ],
+      ],
+    ),
+    ...r.refusals.map((reply) => `  refused: ${reply}`),
+    "",
+  ];
+}
+
+function formatMailboxes500(d: DeliveryResult): string[] {
+  const problems = d.logProblems;
+  return [
+    `Delivery with ${d.mailboxes} mailboxes, ${d.relays} relays, ${d.messages / d.mailboxes} messages each; ceiling ${d.ceilingPerSecond} msg/s`,
+    table(
+      [
+        "delivered (distinct)",
+        "secs",
+        "msg/s",
+        "% of ceiling",
+        "1st msg ms",
+        "432s",
+        "max conn/mbx",
+        "msg/conn",
+        "relay CPU %",
+        "relay peak RSS MB",
+        "redis CPU %",
+        "redis connected_clients",
+        "queueing s",
+      ],
+      [
+        [
+          `${d.delivered} (${d.distinctDelivered})/${d.messages}${d.timedOut ? " TIMEOUT" : ""}`,
+          d.seconds,
+          d.totalPerSecond,
+          round((100 * d.totalPerSecond) / d.ceilingPerSecond, 2),
+          d.firstMessageMs,
+          d.count432,
+          d.maxConcurrentPerMailbox,
+          d.messagesPerConnection,
+          d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
+          d.relayProcesses.map((r) => r.maxRssMB).join(" + "),
+          d.redisCpuPercent,
+          d.redisConnectedClients,
+          d.queueing.seconds,
+        ],
+      ],
+    ),
+    `  relay logs: ${problems.warnings} warnings, ${problems.errors} errors; longest stall ${d.longestStallMs} ms`,
+    "",
+  ];
+}
+
+function formatBacklog(b: BacklogResult): string[] {
+  return [
+    `Backlog: ${b.messages} queued ${b.messageBytes}-byte messages in one paused mailbox, redis over TCP (appendfsync always)`,
+    `  filled in ${b.fill.seconds} s (${b.fill.perSecond} msg/s, ${b.fill.concurrency} at once): ${b.fill.method}`,
+    table(
+      [
+        "jobs seen",
+        "redis used_memory MB",
+        "redis RSS MB",
+        "keys",
+        "AOF MB",
+        "relay RSS MB",
+        "relay start s",
+        "cli --help ms",
+        "queue status ms (3 runs)",
+        "--json ms (3 runs)",
+        "status says queued",
+      ],
+      [
+        [
+          b.queuedSeen,
+          b.redisUsedMemoryMB,
+          b.redisProcessRssMB,
+          b.redisKeys,
+          b.aofMB,
+          b.relayRssMB,
+          b.relayStartSeconds,
+          b.cliStartupMs,
+          b.statusTableMs.join(" / "),
+          b.statusJsonMs.join(" / "),
+          b.statusRowQueued,
+        ],
+      ],
+    ),
+    "",
+  ];
 }
 
 /** The relays run from dist/ (as shipped): refuse a missing build, warn about one older than src/. */
@@ -1005,10 +1490,12 @@ async function main(): Promise<void> {
   PLAN.delivery.forEach((spec, run) => {
     for (let k = 0; k < spec.mailboxes; k++) users[mailboxName(run, k)] = PASSWORD;
   });
+  for (let k = 0; k < PLAN.mailboxes500.mailboxes; k++) users[mailboxName(MAILBOXES500_RUN, k)] = PASSWORD;
 
   const delivery: DeliveryResult[] = [];
   const failures: { relays: number; mailboxes: number; perMailbox: number; error: string }[] = [];
-  if (RUN_DELIVERY) {
+  let mailboxes500: DeliveryResult | undefined;
+  if (RUN_DELIVERY || RUN_MAILBOXES500) {
     const redis = await startPrivateRedis({ appendOnly: true });
     const admin = new Redis(redis.url, { maxRetriesPerRequest: null });
     const upstream = await startFakeUpstream({
@@ -1019,12 +1506,20 @@ async function main(): Promise<void> {
     });
     try {
       const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };
-      for (const [run, spec] of PLAN.delivery.entries()) {
+      for (const [run, spec] of RUN_DELIVERY ? PLAN.delivery.entries() : []) {
         try {
           delivery.push(await deliveryRun(env, run, spec));
         } catch (err) {
           log(`  failed: ${(err as Error).stack ?? err}`);
           failures.push({ ...spec, error: (err as Error).message });
+        }
+      }
+      if (RUN_MAILBOXES500) {
+        try {
+          mailboxes500 = await deliveryRun(env, MAILBOXES500_RUN, PLAN.mailboxes500);
+        } catch (err) {
+          log(`  failed: ${(err as Error).stack ?? err}`);
+          failures.push({ ...PLAN.mailboxes500, error: (err as Error).message });
         }
       }
     } finally {
@@ -1034,12 +1529,24 @@ async function main(): Promise<void> {
     }
   }
   const ingest = RUN_INGEST ? await ingestRuns(dir) : [];
+  const otherFailures: { part: string; error: string }[] = [];
+  const attempt = async <T>(part: string, run: () => Promise<T>): Promise<T | undefined> => {
+    try {
+      return await run();
+    } catch (err) {
+      log(`  ${part} failed: ${(err as Error).stack ?? err}`);
+      otherFailures.push({ part, error: (err as Error).message });
+      return undefined;
+    }
+  };
+  const large = RUN_LARGE ? await attempt("large", () => largeRun(dir)) : undefined;
+  const backlog = RUN_BACKLOG ? await attempt("backlog", () => backlogRun(dir, caFile)) : undefined;
 
   syncDisks();
   machine.fsyncMsMedianAtEnd = round(measureFsync(dir), 3);
   const report = {
     date: new Date().toISOString(),
-    mode: `${QUICK ? "quick" : "full"}${ONLY && !(RUN_DELIVERY && RUN_INGEST) ? `, ${ONLY} only` : ""}${APPENDFSYNC === "always" ? "" : `, appendfsync ${APPENDFSYNC}`}`,
+    mode: `${QUICK ? "quick" : "full"}${ONLY && !RUN_ALL ? `, ${ONLY} only` : ""}${APPENDFSYNC === "always" ? "" : `, appendfsync ${APPENDFSYNC}`}`,
     command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
     durationSeconds: round((performance.now() - started) / 1000, 0),
     git: gitState(),
@@ -1056,16 +1563,21 @@ async function main(): Promise<void> {
     delivery,
     deliveryFailures: failures,
     ingest,
+    large,
+    mailboxes500,
+    backlog,
+    otherFailures,
   };
 
   process.stdout.write(formatReport(report));
   for (const f of failures) {
     process.stdout.write(`delivery ${f.relays} relay(s), ${f.mailboxes} mailbox(es) FAILED: ${f.error}\n`);
   }
+  for (const f of otherFailures) process.stdout.write(`${f.part} FAILED: ${f.error}\n`);
 
   const resultsDir = join(HERE, "results");
   mkdirSync(resultsDir, { recursive: true });
-  const partial = !(RUN_DELIVERY && RUN_INGEST) || APPENDFSYNC !== "always";
+  const partial = !RUN_ALL || APPENDFSYNC !== "always";
   const file = join(resultsDir, QUICK || partial ? "latest-partial.json" : "latest.json");
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   log(`wrote ${file} in ${report.durationSeconds} s`);
