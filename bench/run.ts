@@ -14,8 +14,9 @@
  * 5. Backlog (`--only backlog`): 100,000 queued 1 KB messages in one paused mailbox (written with the Spool
  *    class, no SMTP): Redis and relay memory, and the wall time of `sluice queue status`.
  *
- * `npm run bench` (full, about 7 minutes on 2 cores; 500 mailboxes alone take 1-2) writes bench/results/latest.json. Options (results
- * then go to latest-partial.json): `--quick` (about 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`,
+ * `npm run bench` (full: an estimated 6-7 minutes on 2 cores, not timed; 500 mailboxes alone take 1-2)
+ * writes bench/results/latest.json. Options (results then go to latest-partial.json): `--quick` (about
+ * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`,
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
  * The relays run from dist/ (npm run bench builds first).
