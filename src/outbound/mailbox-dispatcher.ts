@@ -144,7 +144,7 @@ export class MailboxDispatcher {
     if (!body) {
       this.logger.error(
         log(),
-        "message body missing: the submission was never acknowledged; dropping the job",
+        "message body missing: an earlier run of this job already delivered it (its queue lock was lost), or the submission was never acknowledged; dropping the job",
       );
       return;
     }
