@@ -87,7 +87,13 @@ export class ConnectionPool {
         clearTimeout(pooled.idleTimer);
         if (pooled.connection.usable && !pooled.leaseLost) {
           this.busy.set(pooled.connection, pooled);
-          return pooled.connection;
+          // a reused connection starts a message only under a live lease: a late renewal (a stalled event loop)
+          // must not let it send while another process already holds the slot
+          if (await this.options.lease.renew(pooled.leaseId).catch(() => false)) return pooled.connection;
+          this.busy.delete(pooled.connection);
+          this.options.logger.warn(
+            "upstream connection lease had expired: closing the connection instead of reusing it",
+          );
         }
         this.discard(pooled);
       }
