@@ -2,25 +2,18 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import tls from "node:tls";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { generatedCertificatePaths } from "../src/inbound/inbound-tls.js";
-import { createTestPki, type TestPki } from "./support/certs.js";
-import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
-import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
+import { tempFile } from "./support/relay.js";
 import { buildMessage, openRawSmtp, openSubmission, submit } from "./support/smtp-client.js";
+import { useFakeUpstream } from "./support/upstream-fixture.js";
 
 const MAILBOX = "scanner@contoso.com";
-const redisUrl = inject("redisUrl");
 
-let pki: TestPki;
-let upstream: FakeUpstream;
-let caFile: string;
-const relays: TestRelay[] = [];
+const fx = useFakeUpstream({ users: { [MAILBOX]: "pw" } });
 
-async function relay(extra: Record<string, unknown> = {}) {
-  const started = await startTestRelay({
-    redis: redisUrl,
-    upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
+function relay(extra: Record<string, unknown> = {}) {
+  return fx.relay({
     mailboxes: { [MAILBOX]: { password: "pw" } },
     clients: [
       { name: "printers", networks: ["127.0.0.0/8"], from: "keep" },
@@ -28,8 +21,6 @@ async function relay(extra: Record<string, unknown> = {}) {
     ],
     ...extra,
   });
-  relays.push(started);
-  return started;
 }
 
 /** Reads one SMTP reply (up to its last line) from a plain socket. */
@@ -80,22 +71,6 @@ const TLS10_ONLY: tls.ConnectionOptions = {
   ciphers: "DEFAULT:@SECLEVEL=0",
 };
 
-beforeAll(async () => {
-  pki = await createTestPki();
-  upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: { [MAILBOX]: "pw" } });
-  caFile = tempFile("ca.pem", pki.ca);
-});
-
-afterAll(async () => {
-  await upstream?.stop();
-});
-
-beforeEach(() => upstream.reset());
-
-afterEach(async () => {
-  await Promise.all(relays.splice(0).map((r) => r.stop()));
-});
-
 describe("inbound TLS", () => {
   it("offers STARTTLS from the first start with a self-signed certificate generated once into dataDir", async () => {
     const first = await relay();
@@ -113,7 +88,7 @@ describe("inbound TLS", () => {
       raw: buildMessage({ from: "device@example.com", to: ["someone@example.org"] }),
     });
     expect(result.code).toBe(250);
-    const [message] = await upstream.waitForMessages(1);
+    const [message] = await fx.upstream.waitForMessages(1);
     expect(message?.raw.toString()).toMatch(/with ESMTPS id/);
     expect(
       first.logs.filter((l) => String(l.msg).includes("generated a self-signed certificate")),
@@ -139,7 +114,7 @@ describe("inbound TLS", () => {
   });
 
   it("serves a renewed certificate to new sessions after reloadTls (SIGHUP), without dropping open ones", async () => {
-    const oldCert = await pki.issue(["old.sluice.test"]);
+    const oldCert = await fx.pki.issue(["old.sluice.test"]);
     const certFile = tempFile("cert.pem", oldCert.cert);
     const keyFile = join(certFile, "..", "key.pem");
     writeFileSync(keyFile, oldCert.key);
@@ -147,11 +122,11 @@ describe("inbound TLS", () => {
     const open = await openSubmission({
       port: r.port,
       startTls: true,
-      ca: pki.ca,
+      ca: fx.pki.ca,
       servername: "old.sluice.test",
     });
 
-    const newCert = await pki.issue(["new.sluice.test"]);
+    const newCert = await fx.pki.issue(["new.sluice.test"]);
     writeFileSync(certFile, newCert.cert);
     writeFileSync(keyFile, newCert.key);
     await r.reloadTls();
@@ -159,12 +134,12 @@ describe("inbound TLS", () => {
     const fresh = await openSubmission({
       port: r.port,
       startTls: true,
-      ca: pki.ca,
+      ca: fx.pki.ca,
       servername: "new.sluice.test",
     });
     await fresh.close();
     await expect(
-      openSubmission({ port: r.port, startTls: true, ca: pki.ca, servername: "old.sluice.test" }),
+      openSubmission({ port: r.port, startTls: true, ca: fx.pki.ca, servername: "old.sluice.test" }),
     ).rejects.toThrow();
     const sent = await open.send(
       { from: "device@example.com", to: ["someone@example.org"] },
@@ -179,7 +154,7 @@ describe("inbound TLS", () => {
     const still = await openSubmission({
       port: r.port,
       startTls: true,
-      ca: pki.ca,
+      ca: fx.pki.ca,
       servername: "new.sluice.test",
     });
     await still.close();
@@ -202,7 +177,7 @@ describe("behind a load balancer", () => {
     const done = await viaBalancer.command("Subject: via the balancer\r\n\r\nhello\r\n.");
     expect(done.code).toBe(250);
     await viaBalancer.close();
-    const [message] = await upstream.waitForMessages(1);
+    const [message] = await fx.upstream.waitForMessages(1);
     expect(message?.raw.toString()).toContain("[10.9.9.9]");
     expect(r.logs.some((l) => l.event === "queued" && l.client === "behind-the-balancer")).toBe(true);
 

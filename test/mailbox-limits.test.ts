@@ -1,24 +1,17 @@
 import { Redis } from "ioredis";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { describe, expect, inject, it } from "vitest";
 import { MailboxPauses } from "../src/outbound/mailbox-pauses.js";
-import { createTestPki, type TestPki } from "./support/certs.js";
-import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
-import { startTestRelay, type TestRelay, tempFile, waitFor } from "./support/relay.js";
+import { type TestRelay, waitFor } from "./support/relay.js";
 import { buildMessage, submit } from "./support/smtp-client.js";
+import { useFakeUpstream } from "./support/upstream-fixture.js";
 
 const MAILBOX = "scanner@contoso.com";
 const OTHER = "reports@contoso.com";
 const redisUrl = inject("redisUrl");
+const fx = useFakeUpstream({ users: { [MAILBOX]: "pw1", [OTHER]: "pw2" } });
 
-let pki: TestPki;
-let upstream: FakeUpstream;
-let caFile: string;
-const relays: TestRelay[] = [];
-
-async function relay(extra: Record<string, unknown> = {}) {
-  const started = await startTestRelay({
-    redis: redisUrl,
-    upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
+function relay(extra: Record<string, unknown> = {}) {
+  return fx.relay({
     mailboxes: { [MAILBOX]: { password: "pw1" }, [OTHER]: { password: "pw2" } },
     clients: [
       { name: "printers", networks: ["127.0.0.2/32"], mailbox: MAILBOX, from: "keep" },
@@ -26,8 +19,6 @@ async function relay(extra: Record<string, unknown> = {}) {
     ],
     ...extra,
   });
-  relays.push(started);
-  return started;
 }
 
 function recipients(n: number, tag: string): string[] {
@@ -45,40 +36,25 @@ function send(r: TestRelay, to: string[], from = "127.0.0.2") {
   });
 }
 
-beforeAll(async () => {
-  pki = await createTestPki();
-  upstream = await startFakeUpstream({
-    tls: await pki.issue(["127.0.0.1"]),
-    users: { [MAILBOX]: "pw1", [OTHER]: "pw2" },
-  });
-  caFile = tempFile("ca.pem", pki.ca);
-});
-
-afterAll(async () => {
-  await upstream?.stop();
-});
-
-beforeEach(() => upstream.reset());
-
-afterEach(async () => {
-  await Promise.all(relays.splice(0).map((r) => r.stop()));
-});
-
 describe("recipient batching", () => {
   it("sends a 1,200-recipient message in 3 batches of at most 500, and a 4xx on one batch resends only that batch", async () => {
     const r = await relay();
     let transactions = 0;
-    upstream.script({
+    fx.upstream.script({
       match: () => ++transactions === 2,
       reply: { code: 451, message: "4.7.0 Temporary server error. Please try again later." },
     });
     const all = recipients(1200, "n");
     expect((await send(r, all)).ok).toBe(true);
-    await waitFor(() => upstream.messages.flatMap((m) => m.rcptTo).length >= 1200, 20_000, "all recipients");
+    await waitFor(
+      () => fx.upstream.messages.flatMap((m) => m.rcptTo).length >= 1200,
+      20_000,
+      "all recipients",
+    );
     await new Promise((res) => setTimeout(res, 500));
-    const sizes = upstream.messages.map((m) => m.rcptTo.length);
+    const sizes = fx.upstream.messages.map((m) => m.rcptTo.length);
     expect(sizes).toEqual([500, 500, 200]);
-    const delivered = upstream.messages.flatMap((m) => m.rcptTo);
+    const delivered = fx.upstream.messages.flatMap((m) => m.rcptTo);
     expect(new Set(delivered).size).toBe(1200);
     expect(delivered).toHaveLength(1200);
   });
@@ -87,16 +63,20 @@ describe("recipient batching", () => {
     const r = await relay({ defaults: { limits: { recipientsPerMessage: 800 } } });
     const all = recipients(1200, "b");
     expect((await send(r, all)).ok).toBe(true);
-    await waitFor(() => upstream.messages.flatMap((m) => m.rcptTo).length >= 1200, 20_000, "all recipients");
-    expect(upstream.messages.map((m) => m.rcptTo.length)).toEqual([500, 500, 200]);
-    expect(new Set(upstream.messages.flatMap((m) => m.rcptTo)).size).toBe(1200);
+    await waitFor(
+      () => fx.upstream.messages.flatMap((m) => m.rcptTo).length >= 1200,
+      20_000,
+      "all recipients",
+    );
+    expect(fx.upstream.messages.map((m) => m.rcptTo.length)).toEqual([500, 500, 200]);
+    expect(new Set(fx.upstream.messages.flatMap((m) => m.rcptTo)).size).toBe(1200);
     await waitFor(() => r.logs.some((l) => l.event === "delivered"), 10_000, "delivered log line");
     expect(r.logs.find((l) => l.event === "delivered")?.attempt).toBe(1);
   });
 
   it("retries only recipients deferred with 4xx, records 5xx refusals, and never resends accepted ones", async () => {
     const r = await relay();
-    upstream.script(
+    fx.upstream.script(
       {
         at: "rcpt",
         rcpt: "later@example.com",
@@ -110,9 +90,9 @@ describe("recipient batching", () => {
     );
     const result = await send(r, ["ok@example.com", "later@example.com", "never@example.com"]);
     expect(result.ok).toBe(true);
-    await waitFor(() => upstream.messages.length >= 2, 20_000, "two transactions");
+    await waitFor(() => fx.upstream.messages.length >= 2, 20_000, "two transactions");
     await new Promise((res) => setTimeout(res, 500));
-    expect(upstream.messages.map((m) => m.rcptTo)).toEqual([["ok@example.com"], ["later@example.com"]]);
+    expect(fx.upstream.messages.map((m) => m.rcptTo)).toEqual([["ok@example.com"], ["later@example.com"]]);
     await waitFor(() => r.logs.some((l) => l.event === "delivered"), 10_000, "delivered log line");
     expect(r.logs.find((l) => l.event === "delivered")).toMatchObject({ delivered: 2, refused: 1 });
   });
@@ -121,7 +101,7 @@ describe("recipient batching", () => {
 describe("retries", () => {
   it("retries temporary failures with backoff until retry.maxAge, then fails the message as expired", async () => {
     const r = await relay({ retry: { firstDelay: 100, factor: 2, maxDelay: 400, maxAge: 1_500 } });
-    upstream.script(
+    fx.upstream.script(
       ...Array.from({ length: 50 }, () => ({
         reply: { code: 451, message: "4.7.0 Temporary server error. Please try again later." },
       })),
@@ -135,7 +115,7 @@ describe("retries", () => {
     // several attempts with growing delays, not one per scripted fault
     expect(job?.attemptsMade).toBeGreaterThan(2);
     expect(job?.attemptsMade).toBeLessThan(20);
-    expect(upstream.messages).toHaveLength(0);
+    expect(fx.upstream.messages).toHaveLength(0);
   });
 });
 
@@ -150,7 +130,7 @@ describe("budgets", () => {
     for (const tag of ["a", "b", "c"]) expect((await send(r, recipients(20, tag))).ok).toBe(true);
     await waitFor(() => r.logs.some((l) => l.budget === "recipientsPerDay"), 20_000, "budget log line");
     await new Promise((res) => setTimeout(res, 500));
-    expect(upstream.messages).toHaveLength(2);
+    expect(fx.upstream.messages).toHaveLength(2);
     expect(await r.spool.queue(MAILBOX).getDelayedCount()).toBe(1);
     expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
   });
@@ -163,10 +143,10 @@ describe("budgets", () => {
       },
     });
     for (let i = 0; i < 24; i++) expect((await send(r, [`m${i}@example.com`])).ok).toBe(true);
-    await upstream.waitForMessages(20);
+    await fx.upstream.waitForMessages(20);
     await new Promise((res) => setTimeout(res, 2_000));
-    expect(upstream.messages).toHaveLength(20);
-    const all = await upstream.waitForMessages(24, 90_000);
+    expect(fx.upstream.messages).toHaveLength(20);
+    const all = await fx.upstream.waitForMessages(24, 90_000);
     for (let i = 20; i < all.length; i++) {
       expect((all[i]?.receivedAt ?? 0) - (all[i - 20]?.receivedAt ?? 0)).toBeGreaterThanOrEqual(59_000);
     }
@@ -176,7 +156,7 @@ describe("budgets", () => {
 describe("independence and pauses", () => {
   it("parks a mailbox whose daily quota is spent upstream while another mailbox's mail keeps flowing", async () => {
     const r = await relay();
-    upstream.script({
+    fx.upstream.script({
       match: (tx) => tx.user === MAILBOX,
       reply: {
         code: 554,
@@ -187,7 +167,7 @@ describe("independence and pauses", () => {
     expect((await send(r, ["quota@example.com"])).ok).toBe(true);
     await waitFor(() => r.logs.some((l) => l.event === "paused"), 20_000, "mailbox parked");
     expect((await send(r, ["other@example.com"], "127.0.0.3")).ok).toBe(true);
-    const [delivered] = await upstream.waitForMessages(1);
+    const [delivered] = await fx.upstream.waitForMessages(1);
     expect(delivered?.user).toBe(OTHER);
     const pauses = new MailboxPauses(new Redis(redisUrl), r.config.redisPrefix);
     expect(await pauses.get(MAILBOX)).toMatchObject({ kind: "quota" });
@@ -207,7 +187,7 @@ describe("independence and pauses", () => {
     expect(paused).toHaveLength(1);
     expect(String(paused[0]?.hint)).toMatch(/password/);
     expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
-    expect(upstream.authFailures).toBeLessThanOrEqual(3);
+    expect(fx.upstream.authFailures).toBeLessThanOrEqual(3);
   });
 });
 
@@ -215,22 +195,22 @@ describe("connections", () => {
   it("never opens more than the configured 3 connections, even with many messages at once", async () => {
     const r = await relay({ defaults: { limits: { messagesPerMinute: 10_000 } } });
     await Promise.all(Array.from({ length: 60 }, (_, i) => send(r, [`c${i}@example.com`])));
-    await upstream.waitForMessages(60);
-    expect(upstream.maxConcurrent(MAILBOX)).toBeLessThanOrEqual(3);
-    expect(upstream.count432(MAILBOX)).toBe(0);
-    expect(upstream.authCount(MAILBOX)).toBeLessThanOrEqual(6);
+    await fx.upstream.waitForMessages(60);
+    expect(fx.upstream.maxConcurrent(MAILBOX)).toBeLessThanOrEqual(3);
+    expect(fx.upstream.count432(MAILBOX)).toBe(0);
+    expect(fx.upstream.authCount(MAILBOX)).toBeLessThanOrEqual(6);
   });
 
   it("configured for 5 connections against Exchange's 3, adapts after 432s and still delivers everything once", async () => {
     const r = await relay({ defaults: { limits: { connections: 5, messagesPerMinute: 10_000 } } });
     await Promise.all(Array.from({ length: 60 }, (_, i) => send(r, [`f${i}@example.com`])));
-    const all = await upstream.waitForMessages(60, 40_000);
+    const all = await fx.upstream.waitForMessages(60, 40_000);
     await new Promise((res) => setTimeout(res, 500));
     expect(new Set(all.flatMap((m) => m.rcptTo)).size).toBe(60);
-    expect(upstream.messages).toHaveLength(60);
+    expect(fx.upstream.messages).toHaveLength(60);
     expect(r.logs.some((l) => l.category === "concurrent-connections")).toBe(true);
     // it lowers its own connection count instead of hammering: a handful of 432s, not one per message
-    expect(upstream.count432(MAILBOX)).toBeGreaterThan(0);
-    expect(upstream.count432(MAILBOX)).toBeLessThanOrEqual(6);
+    expect(fx.upstream.count432(MAILBOX)).toBeGreaterThan(0);
+    expect(fx.upstream.count432(MAILBOX)).toBeLessThanOrEqual(6);
   });
 });

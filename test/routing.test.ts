@@ -1,30 +1,22 @@
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
-import { createTestPki } from "./support/certs.js";
-import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
-import { startTestRelay, type TestRelay, tempFile, uniquePrefix } from "./support/relay.js";
+import { describe, expect, it } from "vitest";
+import { type TestRelay, uniquePrefix } from "./support/relay.js";
 import { buildMessage, openRawSmtp, openSubmission, submit } from "./support/smtp-client.js";
+import { useFakeUpstream } from "./support/upstream-fixture.js";
 
 const SCANNER = "scanner@contoso.com";
 const ALERTS = "alerts@contoso.com";
 const POOL = ["news1@contoso.com", "news2@contoso.com", "news3@contoso.com"];
-const redisUrl = inject("redisUrl");
 
-let upstream: FakeUpstream;
-let caFile: string;
-const relays: TestRelay[] = [];
+const fx = useFakeUpstream({ users: Object.fromEntries([SCANNER, ALERTS, ...POOL].map((m) => [m, "pw"])) });
 
-async function relay(clients: unknown[], extra: Record<string, unknown> = {}) {
-  const started = await startTestRelay({
-    redis: redisUrl,
-    upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile },
+function relay(clients: unknown[], extra: Record<string, unknown> = {}) {
+  return fx.relay({
     mailboxes: Object.fromEntries(
       [SCANNER, ALERTS, ...POOL].map((m) => [m, { password: "pw", limits: { messagesPerMinute: 10 } }]),
     ),
     clients,
     ...extra,
   });
-  relays.push(started);
-  return started;
 }
 
 function send(r: TestRelay, options: { from: string; to?: string[]; localAddress?: string; user?: string }) {
@@ -41,25 +33,6 @@ function send(r: TestRelay, options: { from: string; to?: string[]; localAddress
   });
 }
 
-beforeAll(async () => {
-  const pki = await createTestPki();
-  upstream = await startFakeUpstream({
-    tls: await pki.issue(["127.0.0.1"]),
-    users: Object.fromEntries([SCANNER, ALERTS, ...POOL].map((m) => [m, "pw"])),
-  });
-  caFile = tempFile("ca.pem", pki.ca);
-});
-
-afterAll(async () => {
-  await upstream?.stop();
-});
-
-beforeEach(() => upstream.reset());
-
-afterEach(async () => {
-  await Promise.all(relays.splice(0).map((r) => r.stop()));
-});
-
 describe("which client, which mailbox", () => {
   it("decides the client at MAIL FROM: the monitoring sender goes out as alerts@, the printer as scanner@", async () => {
     const r = await relay([
@@ -75,7 +48,7 @@ describe("which client, which mailbox", () => {
     expect((await send(r, { from: "nagios@monitoring.local" })).code).toBe(250);
     expect((await send(r, { from: "scan@printers.local" })).code).toBe(250);
     expect((await send(r, { from: "scan@printers.local", localAddress: "127.0.0.3" })).code).toBe(250);
-    const messages = await upstream.waitForMessages(3);
+    const messages = await fx.upstream.waitForMessages(3);
     const bySender = messages.map((m) => [/^From: (.*)$/m.exec(m.raw.toString())?.[1], m.user]);
     expect(bySender).toEqual(
       expect.arrayContaining([
@@ -106,7 +79,7 @@ describe("which client, which mailbox", () => {
     expect(user.response).toMatch(/^550 5\.7\.1 Sender ceo@contoso\.com not allowed for user erp/);
     const stranger = await send(r, { from: "nagios@monitoring.local", localAddress: "127.0.0.9" });
     expect(stranger.response).toMatch(/^530 5\.7\.0/);
-    expect(upstream.messages).toHaveLength(0);
+    expect(fx.upstream.messages).toHaveLength(0);
   });
 
   it("spreads a pool's mail: 3 mailboxes of 10 messages a minute send 30, each within its own limit", async () => {
@@ -123,14 +96,14 @@ describe("which client, which mailbox", () => {
       expect(result.code).toBe(250);
     }
     await session.close();
-    await upstream.waitForMessages(30);
+    await fx.upstream.waitForMessages(30);
     // the other 15 wait for the minute windows: give them a chance to (wrongly) go out
     await new Promise((resolve) => setTimeout(resolve, 1_500));
-    const perMailbox = POOL.map((m) => upstream.messages.filter((x) => x.user === m).length);
+    const perMailbox = POOL.map((m) => fx.upstream.messages.filter((x) => x.user === m).length);
     expect(perMailbox).toEqual([10, 10, 10]);
-    expect(upstream.messages).toHaveLength(30);
+    expect(fx.upstream.messages).toHaveLength(30);
     // each message went out as the member it was given to
-    for (const message of upstream.messages) {
+    for (const message of fx.upstream.messages) {
       expect(message.raw.toString()).toContain(`From: ${message.user}\r\n`);
     }
     // the wait is estimated and logged
@@ -147,7 +120,7 @@ describe("which client, which mailbox", () => {
       },
     });
     for (let i = 0; i < 3; i++) expect((await send(r, { from: "offers@contoso.com" })).code).toBe(250);
-    const messages = await upstream.waitForMessages(3);
+    const messages = await fx.upstream.waitForMessages(3);
     expect(messages.map((m) => m.user)).toEqual([POOL[1], POOL[1], POOL[1]]);
   });
 });
