@@ -17,22 +17,12 @@ afterEach(async () => {
 describe("crashes while 1,000 messages stream through two relays", () => {
   it("after kill -9 of a relay in the middle of DATA sessions and deliveries, and its restart, every acknowledged message is delivered", async () => {
     rig = await FaultRig.start();
-    const r = rig;
-    let killed = false;
-    await r.load({
-      messages: 1_000,
-      clients: 20,
-      onAck: async (acked) => {
-        if (acked === 300 && !killed) {
-          killed = true;
-          r.relays[0]?.child.kill("SIGKILL");
-          await r.relays[0]?.exited;
-          await r.startRelay(0);
-        }
-      },
+    const report = await rig.streamWithFault(async (r) => {
+      r.relays[0]?.child.kill("SIGKILL");
+      await r.relays[0]?.exited;
+      await r.startRelay(0);
     });
-    expect(killed).toBe(true);
-    const report = await r.verify();
+    expect(report.faulted).toBe(true);
     expect(report.acknowledged).toBe(1_000);
     expect(report.missing).toEqual([]);
     // only messages in flight on the killed relay can be sent twice: deliveries on its 3 connections, and
@@ -42,21 +32,11 @@ describe("crashes while 1,000 messages stream through two relays", () => {
 
   it("when Redis is stopped and restarted mid-stream, nothing acknowledged is lost", async () => {
     rig = await FaultRig.start();
-    const r = rig;
-    let stopped = false;
-    await r.load({
-      messages: 1_000,
-      clients: 20,
-      onAck: async (acked) => {
-        if (acked === 300 && !stopped) {
-          stopped = true;
-          await r.redis.stop();
-          setTimeout(() => void r.redis.start(), 2_000);
-        }
-      },
+    const report = await rig.streamWithFault(async (r) => {
+      await r.redis.stop();
+      setTimeout(() => void r.redis.start(), 2_000);
     });
-    const report = await r.verify();
-    expect(stopped).toBe(true);
+    expect(report.faulted).toBe(true);
     expect(report.acknowledged).toBe(1_000);
     expect(report.missing).toEqual([]);
     expect(report.duplicates).toBeLessThanOrEqual(IN_FLIGHT_RECIPIENTS);
@@ -64,21 +44,11 @@ describe("crashes while 1,000 messages stream through two relays", () => {
 
   it("when Redis is killed with kill -9 mid-stream, the append-only file keeps every acknowledged message", async () => {
     rig = await FaultRig.start();
-    const r = rig;
-    let killed = false;
-    await r.load({
-      messages: 1_000,
-      clients: 20,
-      onAck: async (acked) => {
-        if (acked === 300 && !killed) {
-          killed = true;
-          await r.redis.kill("SIGKILL");
-          setTimeout(() => void r.redis.start(), 2_000);
-        }
-      },
+    const report = await rig.streamWithFault(async (r) => {
+      await r.redis.kill("SIGKILL");
+      setTimeout(() => void r.redis.start(), 2_000);
     });
-    const report = await r.verify();
-    expect(killed).toBe(true);
+    expect(report.faulted).toBe(true);
     expect(report.acknowledged).toBe(1_000);
     expect(report.missing).toEqual([]);
     // deliveries that finished upstream while Redis was dead could not be recorded: they are sent again

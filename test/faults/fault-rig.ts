@@ -148,6 +148,28 @@ export class FaultRig {
     );
   }
 
+  /**
+   * Streams `messages` messages from `clients` clients, runs `fault` once when `at` of them have been
+   * acknowledged, and returns the delivery report once every acknowledged message was delivered (or timed out).
+   */
+  async streamWithFault(
+    fault: (rig: FaultRig) => Promise<void>,
+    options: { messages?: number; clients?: number; at?: number } = {},
+  ): Promise<DeliveryReport & { faulted: boolean }> {
+    let faulted = false;
+    await this.load({
+      messages: options.messages ?? 1_000,
+      clients: options.clients ?? 20,
+      onAck: async (acked) => {
+        if (acked === (options.at ?? 300) && !faulted) {
+          faulted = true;
+          await fault(this);
+        }
+      },
+    });
+    return { ...(await this.verify()), faulted };
+  }
+
   private livePort(i: number): number {
     const live = this.relays
       .map((r, index) => (r.child.exitCode === null && r.child.signalCode === null ? index : -1))

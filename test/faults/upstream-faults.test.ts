@@ -36,21 +36,14 @@ describe("upstream faults while 1,000 messages stream through two relays", () =>
 
   it("connections refused for a while: mail waits and flows when the upstream is back", async () => {
     rig = await FaultRig.start();
-    const r = rig;
-    let refused = false;
-    await r.load({
-      messages: 1_000,
-      clients: 20,
-      onAck: async (acked) => {
-        if (acked === 200 && !refused) {
-          refused = true;
-          await r.upstream.refuseConnections(true);
-          setTimeout(() => void r.upstream.refuseConnections(false), 15_000);
-        }
+    const report = await rig.streamWithFault(
+      async (r) => {
+        await r.upstream.refuseConnections(true);
+        setTimeout(() => void r.upstream.refuseConnections(false), 15_000);
       },
-    });
-    const report = await r.verify();
-    expect(refused).toBe(true);
+      { at: 200 },
+    );
+    expect(report.faulted).toBe(true);
     expect(report.missing).toEqual([]);
     expect(report.duplicates).toBe(0);
   });
