@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { defaultRawConfig } from "../src/config/load.js";
 import { createTestPki, type TestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import { startPrivateRedis } from "./support/redis-server.js";
@@ -324,6 +325,28 @@ describe("durability", () => {
     });
     const [delivered] = await upstream.waitForMessages(1);
     expect(delivered?.rcptTo).toEqual(["held@example.com"]);
+  });
+});
+
+describe("with no configuration file", () => {
+  it("lets loopback submit and sends as SLUICE_MAILBOX, rewriting From to it", async () => {
+    const r = await relay({
+      ...defaultRawConfig({ SLUICE_MAILBOX: MAILBOX, SLUICE_PASSWORD: MAILBOX_PASSWORD }),
+      tls: undefined,
+    });
+    const raw = buildMessage({ from: "app@example.com", to: ["ops@example.com"] });
+    const result = await submit({
+      port: r.port,
+      startTls: false,
+      from: "app@example.com",
+      to: ["ops@example.com"],
+      raw,
+    });
+    expect(result.ok, result.response).toBe(true);
+    const [delivered] = await upstream.waitForMessages(1);
+    expect(delivered?.mailFrom).toBe(MAILBOX);
+    expect(delivered?.raw.toString("latin1")).toMatch(new RegExp(`^From: .*<?${MAILBOX}>?`, "m"));
+    expect(delivered?.raw.toString("latin1")).toMatch(/^Reply-To: .*app@example\.com/m);
   });
 });
 

@@ -87,7 +87,8 @@ export function defaultRawConfig(env: NodeJS.ProcessEnv): Record<string, unknown
   const mailbox = env.SLUICE_MAILBOX;
   return {
     mailboxes: mailbox ? { [mailbox]: { password: env.SLUICE_PASSWORD ?? "" } } : {},
-    clients: [{ name: "loopback", networks: LOOPBACK_NETWORKS }],
+    // zero configuration sends as the one mailbox: From is rewritten to it rather than refused
+    clients: [{ name: "loopback", networks: LOOPBACK_NETWORKS, from: "rewrite" }],
   };
 }
 

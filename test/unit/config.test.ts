@@ -110,6 +110,7 @@ describe("configuration", () => {
       { port: 2525, host: "0.0.0.0", tls: "starttls", allowInsecureAuth: false, minVersion: "TLSv1.2" },
     ]);
     expect(held.config.clients[0]?.networks).toEqual(["127.0.0.0/8", "::1/128"]);
+    expect(held.config.clients[0]?.from).toBe("rewrite");
     expect(held.warnings.join()).toMatch(/no mailbox configured/);
     const sending = loadConfig({
       env: { SLUICE_MAILBOX: "printer@contoso.com", SLUICE_PASSWORD: "pw" },
