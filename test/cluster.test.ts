@@ -146,7 +146,8 @@ async function startFakeUpstreamSlow() {
   const slowUpstream = await startFakeUpstream({
     tls: await pki.issue(["127.0.0.1"]),
     users: { [MAILBOX]: "pw" },
-    replyDelayMs: 150,
+    // slow enough that the backlog outlasts the dead relay's leases (30 s), so full concurrency must come back
+    replyDelayMs: 300,
   });
   return { upstream: slowUpstream, caFile: tempFile("ca.pem", pki.ca) };
 }
