@@ -1,30 +1,13 @@
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { describe, expect, inject, it } from "vitest";
 import { ConfigError, parseConfig } from "../src/config/load.js";
-import {
-  adminUrl,
-  MAILBOX,
-  metric,
-  type OperationsFixture,
-  startOperationsFixture,
-} from "./support/admin-fixture.js";
+import { adminUrl, MAILBOX, metric, useOperationsFixture } from "./support/admin-fixture.js";
 import { startPrivateRedis } from "./support/redis-server.js";
 import { startTestRelay, waitFor } from "./support/relay.js";
 import { openRawSmtp } from "./support/smtp-client.js";
 
 const redisUrl = inject("redisUrl");
 const TOKEN = "0123456789abcdef0123456789abcdef";
-let fx: OperationsFixture;
-
-beforeAll(async () => {
-  fx = await startOperationsFixture(redisUrl);
-});
-afterAll(async () => {
-  await fx?.stop();
-});
-beforeEach(() => fx.upstream.reset());
-afterEach(async () => {
-  await Promise.all(fx.relays.splice(0).map((r) => r.stop()));
-});
+const fx = useOperationsFixture(redisUrl);
 
 const local = { admin: { listen: "127.0.0.1:0" } };
 

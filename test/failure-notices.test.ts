@@ -1,27 +1,16 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ConfigError, parseConfig } from "../src/config/load.js";
-import { MAILBOX, type OperationsFixture, startOperationsFixture } from "./support/admin-fixture.js";
+import { MAILBOX, useOperationsFixture } from "./support/admin-fixture.js";
 import { waitFor } from "./support/relay.js";
 
 const redisUrl = inject("redisUrl");
-let fx: OperationsFixture;
+const fx = useOperationsFixture(redisUrl);
 const NOT_FOUND = {
   code: 550,
   message: "5.1.1 RESOLVER.ADR.RecipNotFound; Recipient not found by SMTP address lookup",
 };
-
-beforeAll(async () => {
-  fx = await startOperationsFixture(redisUrl);
-});
-afterAll(async () => {
-  await fx?.stop();
-});
-beforeEach(() => fx.upstream.reset());
-afterEach(async () => {
-  await Promise.all(fx.relays.splice(0).map((r) => r.stop()));
-});
 
 const printers = (extra: Record<string, unknown>) => ({
   clients: [{ name: "floor2-printers", networks: ["127.0.0.2/32"], from: "keep", ...extra }],

@@ -3,25 +3,14 @@ import net from "node:net";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { uniquePrefix } from "../support/relay.js";
 import { type RelayProcess, startRelayProcess, writeConfigFile } from "../support/relay-process.js";
+import { mulberry32 } from "../support/seeded-random.js";
 import { submit } from "../support/smtp-client.js";
 
 const SEED = Number(process.env.SLUICE_FUZZ_SEED ?? 20261125);
 const SESSIONS = Number(process.env.SLUICE_FUZZ_SESSIONS ?? 2_000);
 const CONCURRENCY = 40;
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed with SLUICE_FUZZ_SEED. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-type Random = ReturnType<typeof prng>;
+type Random = ReturnType<typeof mulberry32>;
 const pick = <T>(r: Random, items: readonly T[]): T => items[Math.floor(r() * items.length)] as T;
 
 const COMMANDS = [
@@ -144,7 +133,7 @@ describe("a seeded fuzzer at the SMTP front door", () => {
       });
     expect((await probe()).ok).toBe(true);
     const baseline = rssKb(pid);
-    const r = prng(SEED);
+    const r = mulberry32(SEED);
     const storm = async () => {
       let started = 0;
       await Promise.all(

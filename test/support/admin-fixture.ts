@@ -1,3 +1,4 @@
+import { afterAll, afterEach, beforeAll, beforeEach } from "vitest";
 import { createTestPki } from "./certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./fake-upstream.js";
 import { startTestRelay, type TestRelay, tempFile } from "./relay.js";
@@ -71,4 +72,38 @@ export function adminUrl(relay: { admin?: { host: string; port: number } }): str
 export function metric(text: string, series: string): number | undefined {
   const line = text.split("\n").find((l) => l.startsWith(`${series} `));
   return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+/**
+ * Registers the file's hooks around one operations fixture: started before all tests, the upstream reset
+ * before each, the relays a test started stopped after it, and everything stopped at the end.
+ */
+export function useOperationsFixture(redisUrl: string): OperationsFixture {
+  let fx: OperationsFixture | undefined;
+  beforeAll(async () => {
+    fx = await startOperationsFixture(redisUrl);
+  });
+  afterAll(async () => {
+    await fx?.stop();
+  });
+  beforeEach(() => fx?.upstream.reset());
+  afterEach(async () => {
+    await Promise.all((fx?.relays ?? []).splice(0).map((r) => r.stop()));
+  });
+  const current = (): OperationsFixture => {
+    if (!fx) throw new Error("useOperationsFixture: used before its beforeAll hook ran");
+    return fx;
+  };
+  return {
+    get upstream() {
+      return current().upstream;
+    },
+    get relays() {
+      return current().relays;
+    },
+    relay: (extra) => current().relay(extra),
+    config: (extra) => current().config(extra),
+    send: (relay, to, from) => current().send(relay, to, from),
+    stop: () => current().stop(),
+  };
 }

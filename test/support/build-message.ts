@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { withoutUndefined } from "./defaults.js";
+import { mulberry32 } from "./seeded-random.js";
 
 export interface BuildMessageOptions {
   from: string;
@@ -127,16 +128,4 @@ function rfc5322Date(date: Date): string {
     `${days[date.getUTCDay()]}, ${date.getUTCDate()} ${months[date.getUTCMonth()]} ${date.getUTCFullYear()} ` +
     `${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}:${pad(date.getUTCSeconds())} +0000`
   );
-}
-
-/** Small seeded PRNG (mulberry32): deterministic content without keeping state outside the call. */
-function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
