@@ -532,6 +532,8 @@ async function deliveryRun(
     const before = await sampleCpu(relays, env.redis.pid());
     const startedAt = Date.now();
     await Promise.all(queues.map((q) => q.resume()));
+    // the relays' schedulers hear of ready mail by pub/sub (as from Spool.wake); they would otherwise find it by polling
+    await Promise.all(mailboxes.map((m) => env.admin.publish(`${prefix}:wake`, m)));
     const ideal = spec.perMailbox / CEILING_PER_MAILBOX;
     const deadline = startedAt + (spec.deadlineSeconds ?? ideal * 3 + 20) * 1000;
     // distinct queue ids (Received: ... id <queue id>): a message delivered twice must not end the wait early

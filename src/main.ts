@@ -14,6 +14,7 @@ import { ClientQuotas } from "./limits/client-quotas.js";
 import { ConnectionLeases } from "./limits/connection-leases.js";
 import { MailboxBudget } from "./limits/mailbox-budget.js";
 import { createLogger, type Logger } from "./logger.js";
+import { DeliveryScheduler } from "./outbound/delivery-scheduler.js";
 import { FailureNotices } from "./outbound/failure-notices.js";
 import { MailboxDispatcher } from "./outbound/mailbox-dispatcher.js";
 import { MailboxPauses } from "./outbound/mailbox-pauses.js";
@@ -131,6 +132,12 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     const credentials = new Map<string, UpstreamCredentials>(
       Object.keys(config.mailboxes).map((mailbox) => [mailbox, upstreamCredentials(config, mailbox, tokens)]),
     );
+    const scheduler = new DeliveryScheduler({
+      concurrency: config.deliveryConcurrency,
+      subscriber: connections.create("worker"),
+      channel: spool.wakeChannel,
+      logger,
+    });
     const dispatchers = Object.entries(config.mailboxes).map(
       ([mailbox, settings]) =>
         new MailboxDispatcher({
@@ -146,11 +153,13 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
           budget,
           pauses,
           connection: workerConnection,
+          scheduler,
           logger,
           events,
         }),
     );
     cleanups.push(async () => {
+      scheduler.close();
       await Promise.all(dispatchers.map((d) => d.close(config.shutdownTimeout)));
     });
     const limitsOf = (mailbox: string) => ({

@@ -46,6 +46,7 @@ describe("priority lanes", () => {
     }
     await bulk.close();
     await queue.resume();
+    relay.spool.wake(MAILBOX);
     await upstream.waitForMessages(100, 60_000);
     for (let i = 0; i < INTERACTIVE; i++) {
       const to = [`colleague${i}@example.org`];
@@ -60,9 +61,7 @@ describe("priority lanes", () => {
       expect(result.code).toBe(250);
     }
     await upstream.waitForMessages(BULK + INTERACTIVE, 120_000);
-    const subjects = upstream.messages.map(
-      (m) => /^Subject: (\S+)/m.exec(m.raw.toString("latin1"))?.[1] ?? "",
-    );
+    const subjects = subjectsOf(upstream.messages);
     const positions = subjects.flatMap((s, i) => (s.startsWith("interactive-") ? [i] : []));
     expect(positions).toHaveLength(INTERACTIVE);
     // after the last interactive message, most of the bulk run was still waiting
@@ -77,32 +76,59 @@ describe("priority lanes", () => {
   }, 240_000);
 });
 
+const subjectsOf = (messages: { raw: Buffer }[]) =>
+  messages.map((m) => /^Subject: (\S+)/m.exec(m.raw.toString("latin1"))?.[1] ?? "");
+
+/** A slow upstream and a relay whose monitoring client (127.0.0.2) is interactive, its newsletter (127.0.0.3) bulk. */
+async function startLanes(mailbox: string, replyDelayMs: number, settings: Record<string, unknown>) {
+  const pki = await createTestPki();
+  const slow = await startFakeUpstream({
+    tls: await pki.issue(["127.0.0.1"]),
+    users: { [mailbox]: "pw" },
+    replyDelayMs,
+  });
+  const relay = await startTestRelay({
+    redis: redisUrl,
+    upstream: { host: "127.0.0.1", port: slow.port, ca: tempFile("ca.pem", pki.ca) },
+    clients: [
+      { name: "monitoring", networks: ["127.0.0.2/32"], from: "keep" },
+      { name: "newsletter", networks: ["127.0.0.3/32"], from: "keep", priority: "bulk" },
+    ],
+    ...settings,
+  });
+  const sendAlert = async () => {
+    const to = ["oncall@example.org"];
+    const alert = await submit({
+      port: relay.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "alerts@monitoring.local",
+      to,
+      raw: buildMessage({ from: "alerts@monitoring.local", to, subject: "interactive-alert" }),
+    });
+    expect(alert.code).toBe(250);
+  };
+  const stop = async () => {
+    await relay.stop();
+    await slow.stop();
+  };
+  return { slow, relay, sendAlert, stop };
+}
+
 describe("the last connection", () => {
   it("is left to interactive mail: while it waits, bulk mail brings no further connection into use", async () => {
     const MAILBOX2 = "alerts@contoso.com";
-    const pki = await createTestPki();
     // slow replies keep both connections busy, so who takes the next free one is visible in the order
-    const slow = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      users: { [MAILBOX2]: "pw" },
-      replyDelayMs: 300,
-    });
-    const lanes = await startTestRelay({
-      redis: redisUrl,
-      upstream: { host: "127.0.0.1", port: slow.port, ca: tempFile("ca.pem", pki.ca) },
+    const { slow, relay, sendAlert, stop } = await startLanes(MAILBOX2, 300, {
       mailboxes: {
         [MAILBOX2]: {
           password: "pw",
           limits: { connections: 2, messagesPerMinute: 100_000, recipientsPerDay: 100_000 },
         },
       },
-      clients: [
-        { name: "monitoring", networks: ["127.0.0.2/32"], from: "keep" },
-        { name: "newsletter", networks: ["127.0.0.3/32"], from: "keep", priority: "bulk" },
-      ],
     });
     try {
-      const bulk = await openSubmission({ port: lanes.port, localAddress: "127.0.0.3", startTls: false });
+      const bulk = await openSubmission({ port: relay.port, localAddress: "127.0.0.3", startTls: false });
       for (let i = 0; i < 20; i++) {
         const to = [`reader${i}@example.org`];
         const raw = buildMessage({ from: "news@contoso.com", to, subject: `bulk-${i}` });
@@ -112,25 +138,63 @@ describe("the last connection", () => {
       // two bulk messages are being sent and two more wait for a connection when the alert arrives
       await slow.waitForMessages(4, 30_000);
       const before = slow.messages.length;
-      const to = ["oncall@example.org"];
-      const alert = await submit({
-        port: lanes.port,
-        localAddress: "127.0.0.2",
-        startTls: false,
-        from: "alerts@monitoring.local",
-        to,
-        raw: buildMessage({ from: "alerts@monitoring.local", to, subject: "interactive-alert" }),
-      });
-      expect(alert.code).toBe(250);
-      const all = await slow.waitForMessages(21, 60_000);
-      const subjects = all.map((m) => /^Subject: (\S+)/m.exec(m.raw.toString("latin1"))?.[1] ?? "");
-      const position = subjects.indexOf("interactive-alert");
+      await sendAlert();
+      const position = subjectsOf(await slow.waitForMessages(21, 60_000)).indexOf("interactive-alert");
       // only the 2 bulk messages on the wire when the alert was queued, and at most one that took a connection
       // while the alert was still being submitted, may go before it (without the reservation: 4 or 5)
       expect(position - before).toBeLessThanOrEqual(3);
     } finally {
-      await lanes.stop();
-      await slow.stop();
+      await stop();
+    }
+  }, 120_000);
+});
+
+describe("the last message of the minute", () => {
+  it("is left to interactive mail: while it waits, bulk mail stops one short of messagesPerMinute", async () => {
+    const MAILBOX3 = "reports@contoso.com";
+    // each batch of the bulk message takes one unit of the minute's budget; slow replies leave time to queue
+    // the alert while the second batch is on the wire
+    const { slow, relay, sendAlert, stop } = await startLanes(MAILBOX3, 1_000, {
+      // one delivery at a time: the alert waits in the queue (it cannot start beside the bulk message)
+      deliveryConcurrency: 1,
+      mailboxes: {
+        [MAILBOX3]: {
+          password: "pw",
+          limits: {
+            connections: 1,
+            messagesPerMinute: 3,
+            recipientsPerMessage: 1,
+            recipientsPerDay: 100_000,
+          },
+        },
+      },
+    });
+    try {
+      const readers = ["r1@example.org", "r2@example.org", "r3@example.org", "r4@example.org"];
+      const bulk = await submit({
+        port: relay.port,
+        localAddress: "127.0.0.3",
+        startTls: false,
+        from: "news@contoso.com",
+        to: readers,
+        raw: buildMessage({ from: "news@contoso.com", to: readers, subject: "bulk-newsletter" }),
+      });
+      expect(bulk.code).toBe(250);
+      // the first batch is delivered and the second is being sent: two of the three units are spent
+      await slow.waitForMessages(1, 30_000);
+      await sendAlert();
+      const subjects = subjectsOf(await slow.waitForMessages(3, 30_000));
+      console.info(`first three upstream transactions: ${subjects.join(", ")}`);
+      // without the reservation the third batch would take the last unit and the alert would wait a minute
+      expect(subjects).toEqual(["bulk-newsletter", "bulk-newsletter", "interactive-alert"]);
+      const queueId = /queued as (\S+)/.exec(bulk.response)?.[1];
+      expect(
+        relay.logs.some(
+          (l) => l.event === "deferred" && l.budget === "messagesPerMinute" && l.id === queueId,
+        ),
+      ).toBe(true);
+    } finally {
+      await stop();
     }
   }, 120_000);
 });

@@ -274,6 +274,7 @@ export class QueueControl {
         `message ${id} is ${state}: only failed or delayed messages can be retried`,
       );
     }
+    this.options.spool.wake(mailbox);
     this.options.logger?.info(
       {
         event: "retried",
@@ -358,6 +359,7 @@ export class QueueControl {
     const wasPaused = await this.pauses.resume(name);
     // paused mail waits as delayed jobs until the pause's end: wake it
     await this.queueOf(name).promoteJobs();
+    this.options.spool.wake(name);
     this.options.logger?.info(
       { event: "resumed", mailbox: name, wasPaused, by: this.options.actor },
       "mailbox resumed by an operator",

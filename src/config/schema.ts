@@ -502,6 +502,14 @@ export const configObjectSchema = z
       .strict()
       .default({ maxFailures: 5, windowMs: 600_000, blockMs: 900_000, delayStepMs: 1_000 })
       .describe("failed AUTH attempts: slowed, then the address is refused for a while"),
+    deliveryConcurrency: z
+      .number()
+      .int()
+      .positive()
+      .default(200)
+      .describe(
+        "deliveries in progress at once in this relay process, all mailboxes together (each mailbox also stays within 2 x its connections); mailboxes take turns when it is reached",
+      ),
     leaseTtl: z
       .number()
       .int()

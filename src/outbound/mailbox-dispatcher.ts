@@ -1,4 +1,4 @@
-import { DelayedError, type Job, UnrecoverableError, Worker } from "bullmq";
+import { createRedisBackend, DelayedError, type Job, UnrecoverableError, Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import { TokenRefused, TokenUnavailable } from "../auth/token-errors.js";
 import type { UpstreamCredentials } from "../auth/upstream-credentials.js";
@@ -11,6 +11,7 @@ import type { MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
 import { type Classification, classifyReply, enhancedCodeOf } from "./classify-reply.js";
 import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
+import type { DeliveryLane, DeliveryScheduler, TurnCalls } from "./delivery-scheduler.js";
 import type { MailboxPauses } from "./mailbox-pauses.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
 import {
@@ -35,8 +36,10 @@ export interface MailboxDispatcherOptions {
   leaseTtlMs: number;
   budget: MailboxBudget;
   pauses: MailboxPauses;
-  /** A connection for BullMQ (it duplicates it for blocking reads). */
+  /** A connection for BullMQ, shared by every mailbox (no blocking reads are made on it). */
   connection: Redis;
+  /** Gives this mailbox's queue its turns, shared by every mailbox of the process. */
+  scheduler: DeliveryScheduler;
   logger: Logger;
   /** Where deliveries, retries and failures are announced (metrics, failure notices). */
   events?: RelayEvents;
@@ -53,16 +56,39 @@ class RecipientsDeferred extends Error {
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
 /**
+ * A BullMQ Worker driven by the DeliveryScheduler instead of its own loop: it takes jobs without blocking, so it
+ * needs no connection of its own (the default Worker keeps one blocked in BZPOPMIN per queue).
+ */
+class LaneWorker extends Worker<MessageJob> {
+  /** Locks the next ready job; when none is ready, says when the earliest delayed one is due (0: none). */
+  async take(token: string): Promise<{ job?: Job<MessageJob>; dueAt: number }> {
+    const [jobData, id, , delayUntil] = await this.backend.moveToActive(token, this.opts.name);
+    if (!jobData || !id) return { dueAt: Number(delayUntil) || 0 };
+    return { job: await this.nextJobFromJobData(jobData, String(id), token), dueAt: 0 };
+  }
+
+  /** Renews the locks of the jobs being delivered (the Worker's own loop would start this). */
+  startLockRenewal(): void {
+    this.lockManager.start();
+  }
+}
+
+/**
  * Takes one mailbox's queued mail and delivers it upstream inside the mailbox's limits: a cluster-wide lease per
  * open connection, sliding-window budgets per message, batches of at most recipientsPerMessage, and the reply
  * table's verdict on every failure. Waiting (budget spent, no free slot, mailbox paused) never spends an attempt.
  */
-export class MailboxDispatcher {
-  private readonly worker: Worker<MessageJob>;
+export class MailboxDispatcher implements DeliveryLane {
+  private readonly worker: LaneWorker;
   private readonly pool: ConnectionPool;
   private readonly logger: Logger;
   /** Interactive jobs of this process waiting in acquireConnection(). */
   private interactiveAcquiring = 0;
+  /** Turns in progress (close() waits for them). */
+  private readonly turns = new Set<Promise<unknown>>();
+  private closing = false;
+  readonly name: string;
+  readonly capacity: number;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
     const { mailbox, limits, upstream, spool, retry, leases } = options;
@@ -82,17 +108,61 @@ export class MailboxDispatcher {
       },
       open: () => openUpstream(upstream, tls, options.credentials, options.hostname),
     });
-    this.worker = new Worker<MessageJob>(spool.queueName(mailbox), (job, token) => this.deliver(job, token), {
-      connection: options.connection,
-      prefix: spool.prefix,
-      // twice the connections: while one job does its Redis bookkeeping, another already uses the connection
-      concurrency: limits.connections * 2,
-      // a relay that dies frees its connection slots after leaseTtl; its in-flight messages go back to the queue then too
-      lockDuration: options.leaseTtlMs,
-      stalledInterval: options.leaseTtlMs,
-      settings: { backoffStrategy: (attemptsMade: number) => retryDelay(retry, attemptsMade) },
-    });
+    this.name = spool.queueName(mailbox);
+    // twice the connections: while one job does its Redis bookkeeping, another already uses the connection
+    this.capacity = limits.connections * 2;
+    this.worker = new LaneWorker(
+      this.name,
+      (job, token) => this.deliver(job, token),
+      {
+        connection: options.connection,
+        prefix: spool.prefix,
+        autorun: false,
+        // a relay that dies frees its connection slots after leaseTtl; its in-flight messages go back to the queue then too
+        lockDuration: options.leaseTtlMs,
+        stalledInterval: options.leaseTtlMs,
+        settings: {
+          backoffStrategy: (attemptsMade: number) => {
+            const delay = retryDelay(retry, attemptsMade);
+            options.scheduler.wakeAt(this.name, Date.now() + delay);
+            return delay;
+          },
+        },
+      },
+      // the scheduler takes jobs without blocking: no blocking connection per mailbox
+      (name, opts) => createRedisBackend(name, opts),
+    );
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));
+    this.worker.on("stalled", () => options.scheduler.wake(this.name));
+    this.worker.startLockRenewal();
+    this.worker.startStalledCheckTimer().catch((err: Error) => {
+      this.logger.warn({ err: err.message }, "stalled job check failed to start");
+    });
+    options.scheduler.add(this);
+  }
+
+  /** One turn of the scheduler: deliver the next ready job, and the ones after it while `more()` allows. */
+  async turn(token: string, calls: TurnCalls): Promise<{ dueAt: number }> {
+    if (this.closing) return { dueAt: 0 };
+    // tracked from the start: a job locked while close() begins is still delivered (or retried) before the worker stops
+    const run = this.runTurn(token, calls);
+    this.turns.add(run);
+    try {
+      return await run;
+    } finally {
+      this.turns.delete(run);
+    }
+  }
+
+  private async runTurn(token: string, calls: TurnCalls): Promise<{ dueAt: number }> {
+    const taken = await this.worker.take(token);
+    if (!taken.job) return { dueAt: taken.dueAt };
+    calls.found();
+    let job: Job<MessageJob> | undefined = taken.job;
+    while (job) {
+      job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
+    }
+    return { dueAt: 0 };
   }
 
   get mailbox(): string {
@@ -111,7 +181,9 @@ export class MailboxDispatcher {
 
   /** Puts the job back to wait `delayMs` without spending an attempt. */
   private async hold(job: Job<MessageJob>, token: string | undefined, delayMs: number): Promise<never> {
-    await job.moveToDelayed(Date.now() + Math.max(0, delayMs), token);
+    const at = Date.now() + Math.max(0, delayMs);
+    await job.moveToDelayed(at, token);
+    this.options.scheduler.wakeAt(this.name, at);
     throw new DelayedError();
   }
 
@@ -148,13 +220,18 @@ export class MailboxDispatcher {
       );
       return;
     }
-    const budgetLimits = await this.laneLimits(job);
-    if (!budgetLimits) {
-      this.logger.debug({ ...log(), event: "deferred" }, "bulk message steps aside: interactive mail waits");
-      return this.hold(job, token, jitter(250));
-    }
     const deferred: string[] = [];
     while (job.data.recipients.length) {
+      // asked again before every batch: interactive mail queued while a newsletter's batches go out gets the
+      // minute's last unit
+      const budgetLimits = await this.laneLimits(job);
+      if (!budgetLimits) {
+        this.logger.debug(
+          { ...log(), event: "deferred" },
+          "bulk message steps aside: interactive mail waits",
+        );
+        return this.hold(job, token, jitter(250));
+      }
       const batchSize = Math.min(
         job.data.batchSize ?? limits.recipientsPerMessage,
         limits.recipientsPerMessage,
@@ -399,13 +476,16 @@ export class MailboxDispatcher {
 
   /** Lets running deliveries finish (up to graceMs), then stops the worker and closes the connections. */
   async close(graceMs = 30_000): Promise<void> {
+    this.closing = true;
     let timer: NodeJS.Timeout | undefined;
-    const graceful = this.worker.close().then(() => true);
+    const graceful = Promise.allSettled([...this.turns]).then(() => true);
     const late = new Promise<boolean>((resolve) => {
       timer = setTimeout(() => resolve(false), graceMs);
     });
-    if (!(await Promise.race([graceful, late]))) await this.worker.close(true).catch(() => {});
+    const finished = await Promise.race([graceful, late]);
     clearTimeout(timer);
+    // unfinished deliveries keep their locks until leaseTtl: then another process (or a restart) takes them
+    await this.worker.close(!finished).catch(() => {});
     await this.pool.close();
   }
 }

@@ -24,6 +24,9 @@ export function newQueueId(): string {
  */
 export class Spool {
   private readonly queues = new Map<string, Queue<MessageJob>>();
+  /** Queues with a wake not yet published (wakes are sent once per tick, not once per message). */
+  private readonly wakes = new Set<string>();
+  private wakesSent: Promise<unknown> = Promise.resolve();
 
   constructor(
     /** Connection for writes on the submission path (fails fast while Redis is away). */
@@ -43,6 +46,34 @@ export class Spool {
 
   queueName(mailbox: string | null): string {
     return mailbox ?? HELD_QUEUE;
+  }
+
+  /** Pub/sub channel on which every relay process hears which queue has mail ready (DeliveryScheduler). */
+  get wakeChannel(): string {
+    return `${this.prefix}:wake`;
+  }
+
+  /**
+   * Tells every relay process that the mailbox's queue has mail ready. Best effort: a lost wake only delays
+   * delivery until the scheduler's next poll.
+   */
+  wake(mailbox: string | null): void {
+    const name = this.queueName(mailbox);
+    if (name === HELD_QUEUE || this.wakes.has(name)) return;
+    this.wakes.add(name);
+    if (this.wakes.size > 1) return;
+    this.wakesSent = new Promise<void>((resolve) => {
+      setImmediate(() => {
+        const names = [...this.wakes];
+        this.wakes.clear();
+        const pipeline = this.redis.pipeline();
+        for (const queued of names) pipeline.publish(this.wakeChannel, queued);
+        pipeline.exec().then(
+          () => resolve(),
+          () => resolve(),
+        );
+      });
+    });
   }
 
   queue(mailbox: string | null): Queue<MessageJob> {
@@ -84,6 +115,7 @@ export class Spool {
       await this.redis.del(this.bodyKey(job.id)).catch(() => {});
       throw err;
     }
+    this.wake(job.mailbox);
   }
 
   private addOptions(job: MessageJob): JobsOptions {
@@ -115,6 +147,7 @@ export class Spool {
       if (!mailbox || !job.id) continue;
       await this.queue(mailbox).add("deliver", { ...job.data, mailbox }, this.addOptions(job.data));
       await job.remove();
+      this.wake(mailbox);
       moved++;
     }
     return moved;
@@ -129,6 +162,7 @@ export class Spool {
   }
 
   async close(): Promise<void> {
+    await this.wakesSent;
     await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => {})));
     this.queues.clear();
   }

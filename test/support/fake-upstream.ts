@@ -59,6 +59,9 @@ export interface ReceivedMessage {
   raw: Buffer;
   connectionId: string;
   tls: boolean;
+  /** When the client finished sending the message (before replyDelayMs). */
+  dataEndedAt: number;
+  /** When the fake answered 250. */
   receivedAt: number;
 }
 
@@ -425,6 +428,7 @@ class FakeExchange implements FakeUpstream {
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
     stream.on("error", () => undefined); // the client went away mid-message: nothing to answer
     stream.on("end", () => {
+      const dataEndedAt = Date.now();
       const tx = this.transaction(session);
       if (stream.sizeExceeded) {
         this.reject(tx, session, EXCHANGE_REPLIES.messageTooBig, callback);
@@ -451,6 +455,7 @@ class FakeExchange implements FakeUpstream {
             raw: Buffer.concat(chunks),
             connectionId: session.id,
             tls: session.secure,
+            dataEndedAt,
             receivedAt: Date.now(),
           };
           this.messages.push(message);

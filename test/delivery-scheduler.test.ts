@@ -1,0 +1,156 @@
+import { Redis } from "ioredis";
+import { beforeAll, describe, expect, inject, it } from "vitest";
+import { createTestPki } from "./support/certs.js";
+import { type FakeUpstream, type ReceivedMessage, startFakeUpstream } from "./support/fake-upstream.js";
+import { type PrivateRedis, startPrivateRedis } from "./support/redis-server.js";
+import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
+import { buildMessage, openSubmission, submit } from "./support/smtp-client.js";
+
+const redisUrl = inject("redisUrl");
+const mailboxOf = (i: number) => `app${i}@contoso.com`;
+
+/** One mailbox per sender app<i>@contoso.com, and a client that sends as it. */
+function appsConfig(count: number, upstream: FakeUpstream, ca: string) {
+  const mailboxes: Record<string, unknown> = {};
+  const clients: unknown[] = [];
+  for (let i = 0; i < count; i++) {
+    mailboxes[mailboxOf(i)] = { password: "pw", limits: { messagesPerMinute: 10_000 } };
+    clients.push({
+      name: `app${i}`,
+      networks: ["127.0.0.1/32"],
+      senders: [mailboxOf(i)],
+      mailbox: mailboxOf(i),
+      from: "keep",
+    });
+  }
+  return { upstream: { host: "127.0.0.1", port: upstream.port, ca }, mailboxes, clients };
+}
+
+function usersOf(count: number): Record<string, string> {
+  return Object.fromEntries(Array.from({ length: count }, (_, i) => [mailboxOf(i), "pw"]));
+}
+
+async function send(relay: TestRelay, i: number, subject: string): Promise<void> {
+  const to = ["someone@example.org"];
+  const result = await submit({
+    port: relay.port,
+    startTls: false,
+    from: mailboxOf(i),
+    to,
+    raw: buildMessage({ from: mailboxOf(i), to, subject }),
+  });
+  expect(result.code).toBe(250);
+}
+
+/** Most messages whose end of DATA and 250 overlapped in time: deliveries in progress at once upstream. */
+function mostAtOnce(messages: ReceivedMessage[]): number {
+  const edges = messages.flatMap((m) => [
+    { at: m.dataEndedAt, step: 1 },
+    { at: m.receivedAt, step: -1 },
+  ]);
+  edges.sort((a, b) => a.at - b.at || a.step - b.step);
+  let now = 0;
+  let most = 0;
+  for (const edge of edges) {
+    now += edge.step;
+    most = Math.max(most, now);
+  }
+  return most;
+}
+
+describe("one delivery scheduler per process", () => {
+  let pki: Awaited<ReturnType<typeof createTestPki>>;
+  beforeAll(async () => {
+    pki = await createTestPki();
+  });
+
+  it("serves 40 mailboxes over a handful of Redis connections, not one per mailbox", async () => {
+    const COUNT = 40;
+    const redis: PrivateRedis = await startPrivateRedis({ appendOnly: false });
+    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(COUNT) });
+    const relay = await startTestRelay({
+      redis: redis.url,
+      ...appsConfig(COUNT, upstream, tempFile("ca.pem", pki.ca)),
+    });
+    const admin = new Redis(redis.url);
+    try {
+      await Promise.all(Array.from({ length: COUNT }, (_, i) => send(relay, i, `hello-${i}`)));
+      const delivered = await upstream.waitForMessages(COUNT, 60_000);
+      expect(new Set(delivered.map((m) => m.user)).size).toBe(COUNT);
+      const clients = ((await admin.client("LIST")) as string).trim().split("\n");
+      const relayClients = clients.filter((line) => !/ cmd=client\|list /.test(line));
+      console.info(`${COUNT} mailboxes: the relay holds ${relayClients.length} Redis connections`);
+      // ingest, worker, wake subscriber and a few more for leases, notices and queues: never one per mailbox
+      expect(relayClients.length).toBeLessThan(COUNT / 4);
+    } finally {
+      admin.disconnect();
+      await relay.stop();
+      await upstream.stop();
+      await redis.destroy();
+    }
+  }, 120_000);
+
+  it("keeps at most deliveryConcurrency deliveries in progress, across all mailboxes", async () => {
+    const COUNT = 6;
+    const upstream = await startFakeUpstream({
+      tls: await pki.issue(["127.0.0.1"]),
+      users: usersOf(COUNT),
+      replyDelayMs: 200,
+    });
+    const relay = await startTestRelay({
+      redis: redisUrl,
+      deliveryConcurrency: 2,
+      ...appsConfig(COUNT, upstream, tempFile("ca.pem", pki.ca)),
+    });
+    try {
+      const sends: Promise<void>[] = [];
+      for (let i = 0; i < COUNT; i++) for (let k = 0; k < 3; k++) sends.push(send(relay, i, `m-${i}-${k}`));
+      await Promise.all(sends);
+      const delivered = await upstream.waitForMessages(COUNT * 3, 60_000);
+      const most = mostAtOnce(delivered);
+      console.info(`deliveryConcurrency 2: at most ${most} messages in DATA at once`);
+      // without the limit each mailbox would send on its 3 connections at once: up to 18
+      expect(most).toBeLessThanOrEqual(2);
+      expect(new Set(delivered.map((m) => m.user)).size).toBe(COUNT);
+    } finally {
+      await relay.stop();
+      await upstream.stop();
+    }
+  }, 120_000);
+
+  it("takes turns: at its limit, a mailbox with a backlog does not keep another mailbox's message waiting", async () => {
+    const BACKLOG = 30;
+    const upstream = await startFakeUpstream({
+      tls: await pki.issue(["127.0.0.1"]),
+      users: usersOf(2),
+      replyDelayMs: 100,
+    });
+    const relay = await startTestRelay({
+      redis: redisUrl,
+      deliveryConcurrency: 1,
+      ...appsConfig(2, upstream, tempFile("ca.pem", pki.ca)),
+    });
+    try {
+      const session = await openSubmission({ port: relay.port, startTls: false });
+      const to = ["reader@example.org"];
+      for (let k = 0; k < BACKLOG; k++) {
+        const raw = buildMessage({ from: mailboxOf(0), to, subject: `backlog-${k}` });
+        expect((await session.send({ from: mailboxOf(0), to }, raw)).code).toBe(250);
+      }
+      await session.close();
+      await upstream.waitForMessages(2, 30_000);
+      await send(relay, 1, "other-mailbox");
+      const delivered = await upstream.waitForMessages(BACKLOG + 1, 60_000);
+      const position = delivered.findIndex((m) => m.user === mailboxOf(1));
+      const backlogAfter = delivered.length - position - 1;
+      console.info(
+        `the other mailbox's message went out at position ${position}, ${backlogAfter} backlog after it`,
+      );
+      // without turns, the backlog's delivery would go on until it was empty
+      expect(backlogAfter).toBeGreaterThan(BACKLOG / 2);
+    } finally {
+      await relay.stop();
+      await upstream.stop();
+    }
+  }, 120_000);
+});
