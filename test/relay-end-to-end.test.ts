@@ -390,6 +390,34 @@ describe("delivery outcomes", () => {
     expect(await r.spool.readBody(id)).not.toBeNull();
   });
 
+  it("reuses one connection for the next messages after a message whose recipient was refused at RCPT", async () => {
+    const r = await relay({
+      mailboxes: { [MAILBOX]: { password: MAILBOX_PASSWORD, limits: { connections: 1 } } },
+    });
+    upstream.script({
+      at: "rcpt",
+      rcpt: "gone@example.com",
+      reply: {
+        code: 550,
+        message: "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+      },
+    });
+    const refused = queuedId((await send(r, "gone@example.com")).response);
+    const queue = r.spool.queue(MAILBOX);
+    await waitFor(
+      async () => (await queue.getJobState(refused)) === "failed",
+      20_000,
+      "refused message failed",
+    );
+    // the refused transaction is left open upstream: the next message must start with RSET, not a nested MAIL
+    expect((await send(r, "next@example.com")).ok).toBe(true);
+    expect((await send(r, "after@example.com")).ok).toBe(true);
+    const delivered = await upstream.waitForMessages(2);
+    expect(delivered.flatMap((m) => m.rcptTo)).toEqual(["next@example.com", "after@example.com"]);
+    expect(new Set(delivered.map((m) => m.connectionId)).size).toBe(1);
+    expect(upstream.authCount(MAILBOX)).toBe(1);
+  });
+
   it("sends nothing to an upstream that does not offer STARTTLS, and keeps the mail", async () => {
     const plain = await startFakeUpstream({
       tls: await pki.issue(["127.0.0.1"]),

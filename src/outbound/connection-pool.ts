@@ -39,7 +39,9 @@ interface Pooled {
   connection: UpstreamConnection;
   leaseId: string;
   leaseLost: boolean;
-  renewTimer: NodeJS.Timeout;
+  /** When the last acquire or renewal that succeeded was sent (local clock): the lease lives ttl from then. */
+  leasedAt: number;
+  renewTimer?: NodeJS.Timeout;
   idleTimer?: NodeJS.Timeout;
 }
 
@@ -88,8 +90,10 @@ export class ConnectionPool {
         if (pooled.connection.usable && !pooled.leaseLost) {
           this.busy.set(pooled.connection, pooled);
           // a reused connection starts a message only under a live lease: a late renewal (a stalled event loop)
-          // must not let it send while another process already holds the slot
-          if (await this.options.lease.renew(pooled.leaseId).catch(() => false)) return pooled.connection;
+          // must not let it send while another process already holds the slot. A lease renewed less than
+          // renewEveryMs ago has two thirds of its life left: no need to ask Redis again.
+          if (Date.now() - pooled.leasedAt < this.options.lease.renewEveryMs) return pooled.connection;
+          if (await this.renew(pooled).catch(() => false)) return pooled.connection;
           this.busy.delete(pooled.connection);
           this.options.logger.warn(
             "upstream connection lease had expired: closing the connection instead of reusing it",
@@ -100,8 +104,9 @@ export class ConnectionPool {
       if (this.size < this.options.maxConnections) {
         this.opening++;
         try {
+          const leasedAt = Date.now();
           const leaseId = await this.options.lease.acquire();
-          if (leaseId) return await this.openUnder(leaseId);
+          if (leaseId) return await this.openUnder(leaseId, leasedAt);
         } finally {
           this.opening--;
         }
@@ -112,7 +117,7 @@ export class ConnectionPool {
     }
   }
 
-  private async openUnder(leaseId: string): Promise<UpstreamConnection> {
+  private async openUnder(leaseId: string, leasedAt: number): Promise<UpstreamConnection> {
     let connection: UpstreamConnection;
     try {
       connection = await this.options.open();
@@ -120,27 +125,31 @@ export class ConnectionPool {
       await this.options.lease.release(leaseId).catch(() => {});
       throw err;
     }
-    const pooled: Pooled = { connection, leaseId, leaseLost: false, renewTimer: this.renewLoop(leaseId) };
-    this.busy.set(connection, pooled);
-    return connection;
-  }
-
-  private renewLoop(leaseId: string): NodeJS.Timeout {
-    const timer = setInterval(() => {
-      this.options.lease.renew(leaseId).then(
+    const pooled: Pooled = { connection, leaseId, leaseLost: false, leasedAt };
+    pooled.renewTimer = setInterval(() => {
+      this.renew(pooled).then(
         (held) => {
           if (held) return;
-          const pooled = [...this.busy.values(), ...this.idle].find((p) => p.leaseId === leaseId);
-          if (pooled) pooled.leaseLost = true;
+          pooled.leaseLost = true;
           this.options.logger.warn(
             "upstream connection lease expired: closing the connection after its current message",
           );
         },
+        // Redis unreachable: the lease is neither confirmed nor lost; reuse will ask again
         () => {},
       );
     }, this.options.lease.renewEveryMs);
-    timer.unref();
-    return timer;
+    pooled.renewTimer.unref();
+    this.busy.set(connection, pooled);
+    return connection;
+  }
+
+  /** Renews the connection's lease; false when it had lapsed. Rejects when Redis could not be asked. */
+  private async renew(pooled: Pooled): Promise<boolean> {
+    const sentAt = Date.now();
+    const held = await this.options.lease.renew(pooled.leaseId);
+    if (held) pooled.leasedAt = Math.max(pooled.leasedAt, sentAt);
+    return held;
   }
 
   /** Resolves when a connection comes back to the pool (or is closed), or after ms. */

@@ -32,10 +32,12 @@ export function upstreamTlsOptions(upstream: UpstreamConfig) {
   return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, ...servername, ...(ca ? { ca } : {}) };
 }
 
-/** One authenticated upstream SMTP session, reusable for many messages (RSET between them). */
+/** One authenticated upstream SMTP session, reusable for many messages (RSET after a failed one). */
 export class UpstreamConnection {
   private readonly connection: SMTPConnection;
   private closed = false;
+  /** A MAIL FROM was sent and the transaction did not end in 250: RSET before the next one. */
+  private transactionOpen = false;
   messagesSent = 0;
   readonly openedAt = Date.now();
 
@@ -93,15 +95,19 @@ export class UpstreamConnection {
 
   /** Sends one message; recipients refused at RCPT are reported, not thrown (unless all are refused). */
   async send(from: string, recipients: string[], body: Buffer): Promise<SendResult> {
-    if (this.messagesSent > 0) {
+    // a transaction that ended in 250 leaves the session ready for the next MAIL FROM (RFC 5321 4.1.1.4):
+    // RSET only after one that failed part-way (as nodemailer's own pool does)
+    if (this.transactionOpen) {
       await new Promise<void>((resolve, reject) =>
         this.connection.reset((err) => (err ? reject(err) : resolve())),
       );
     }
     this.messagesSent++;
+    this.transactionOpen = true;
     return new Promise<SendResult>((resolve, reject) => {
       this.connection.send({ from, to: recipients, size: body.length }, body, (err, info) => {
         if (err) return reject(err);
+        this.transactionOpen = false;
         const rejectedErrors = (info.rejectedErrors ?? []) as UpstreamError[];
         resolve({
           accepted: info.accepted.map(String),
