@@ -135,7 +135,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     const scheduler = new DeliveryScheduler({
       concurrency: config.deliveryConcurrency,
       subscriber: connections.create("worker"),
-      channel: spool.wakeChannel,
+      channels: { wake: spool.wakeChannel, slotWanted: spool.slotWantedChannel },
       logger,
     });
     const dispatchers = Object.entries(config.mailboxes).map(

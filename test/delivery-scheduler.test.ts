@@ -3,18 +3,23 @@ import { beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, type ReceivedMessage, startFakeUpstream } from "./support/fake-upstream.js";
 import { type PrivateRedis, startPrivateRedis } from "./support/redis-server.js";
-import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
+import { startTestRelay, type TestRelay, tempFile, uniquePrefix, waitFor } from "./support/relay.js";
 import { buildMessage, openSubmission, submit } from "./support/smtp-client.js";
 
 const redisUrl = inject("redisUrl");
 const mailboxOf = (i: number) => `app${i}@contoso.com`;
 
 /** One mailbox per sender app<i>@contoso.com, and a client that sends as it. */
-function appsConfig(count: number, upstream: FakeUpstream, ca: string) {
+function appsConfig(
+  count: number,
+  upstream: FakeUpstream,
+  ca: string,
+  extra: { limits?: Record<string, number>; upstream?: Record<string, unknown> } = {},
+) {
   const mailboxes: Record<string, unknown> = {};
   const clients: unknown[] = [];
   for (let i = 0; i < count; i++) {
-    mailboxes[mailboxOf(i)] = { password: "pw", limits: { messagesPerMinute: 10_000 } };
+    mailboxes[mailboxOf(i)] = { password: "pw", limits: { messagesPerMinute: 10_000, ...extra.limits } };
     clients.push({
       name: `app${i}`,
       networks: ["127.0.0.1/32"],
@@ -23,7 +28,7 @@ function appsConfig(count: number, upstream: FakeUpstream, ca: string) {
       from: "keep",
     });
   }
-  return { upstream: { host: "127.0.0.1", port: upstream.port, ca }, mailboxes, clients };
+  return { upstream: { host: "127.0.0.1", port: upstream.port, ca, ...extra.upstream }, mailboxes, clients };
 }
 
 function usersOf(count: number): Record<string, string> {
@@ -153,4 +158,56 @@ describe("one delivery scheduler per process", () => {
       await upstream.stop();
     }
   }, 120_000);
+});
+
+describe("connection slots between processes", () => {
+  it("hands an idle connection's slot to the other relay that waits for it, instead of keeping it until idleTimeout", async () => {
+    const pki = await createTestPki();
+    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(1) });
+    // one slot, kept idle for a minute: without the hand-over the other relay would wait that long
+    const shared = {
+      redis: redisUrl,
+      redisPrefix: uniquePrefix(),
+      ...appsConfig(1, upstream, tempFile("ca.pem", pki.ca), {
+        limits: { connections: 1 },
+        upstream: { idleTimeout: 60_000 },
+      }),
+    };
+    const relays = [await startTestRelay(shared), await startTestRelay(shared)];
+    try {
+      // the first message keeps the only connection busy for 3 s; a relay may hold 2 messages of the mailbox
+      // (2 x connections), so the third goes to the relay without the connection, which must get its slot
+      upstream.script({ at: "data", delayMs: 3_000, match: (tx) => tx.rcptTo.includes("slow@example.org") });
+      for (const [i, to] of ["slow@example.org", "second@example.org", "third@example.org"].entries()) {
+        const result = await submit({
+          port: relays[i % 2]?.port ?? 0,
+          startTls: false,
+          from: mailboxOf(0),
+          to: [to],
+          raw: buildMessage({ from: mailboxOf(0), to: [to], subject: `m${i}` }),
+        });
+        expect(result.code).toBe(250);
+      }
+      // without the hand-over, the waiting relay gets the slot only when the idle connection times out (60 s)
+      const delivered = await upstream.waitForMessages(3, 30_000);
+      expect(delivered.flatMap((m) => m.rcptTo).sort()).toEqual([
+        "second@example.org",
+        "slow@example.org",
+        "third@example.org",
+      ]);
+      const deliveredLogs = () => relays.flatMap((r) => r.logs.filter((l) => l.event === "delivered"));
+      await waitFor(() => deliveredLogs().length === 3, 10_000, "deliveries logged");
+      // both relays delivered: the slot changed hands
+      expect(relays.every((r) => r.logs.some((l) => l.event === "delivered"))).toBe(true);
+      expect(
+        relays.some((r) =>
+          r.logs.some((l) => l.msg === "idle upstream connections closed: another process waits for a slot"),
+        ),
+      ).toBe(true);
+      expect(upstream.maxConcurrent(mailboxOf(0))).toBe(1);
+    } finally {
+      await Promise.all(relays.map((r) => r.stop()));
+      await upstream.stop();
+    }
+  }, 180_000);
 });

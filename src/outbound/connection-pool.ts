@@ -24,8 +24,15 @@ export interface ConnectionPoolOptions {
   lease: LeaseGate;
   /** Opens a new authenticated connection. */
   open(): Promise<UpstreamConnection>;
+  /**
+   * Called (at most every STARVED_EVERY_MS) when every slot of the mailbox is taken somewhere and a message here
+   * waits: other processes may be holding idle connections (see yieldIdle).
+   */
+  onStarved?: () => void;
   logger: Logger;
 }
+
+const STARVED_EVERY_MS = 250;
 
 /** Every connection slot of the mailbox is in use somewhere in the cluster: try again shortly. */
 export class NoConnectionSlot extends Error {
@@ -43,6 +50,7 @@ interface Pooled {
   leasedAt: number;
   renewTimer?: NodeJS.Timeout;
   idleTimer?: NodeJS.Timeout;
+  idleSince?: number;
 }
 
 /**
@@ -56,6 +64,7 @@ export class ConnectionPool {
   private closed = false;
   /** acquire() calls waiting for a connection of this pool to come back. */
   private readonly waiters: (() => void)[] = [];
+  private starvedAt = 0;
 
   constructor(private readonly options: ConnectionPoolOptions) {}
 
@@ -107,6 +116,10 @@ export class ConnectionPool {
           const leasedAt = Date.now();
           const leaseId = await this.options.lease.acquire();
           if (leaseId) return await this.openUnder(leaseId, leasedAt);
+          if (this.options.onStarved && leasedAt - this.starvedAt >= STARVED_EVERY_MS) {
+            this.starvedAt = leasedAt;
+            this.options.onStarved();
+          }
         } finally {
           this.opening--;
         }
@@ -192,6 +205,7 @@ export class ConnectionPool {
       this.discard(pooled);
     }, this.options.idleTimeout);
     pooled.idleTimer.unref();
+    pooled.idleSince = Date.now();
     this.idle.push(pooled);
     this.wakeAll();
   }
@@ -202,6 +216,21 @@ export class ConnectionPool {
     pooled.connection.close();
     this.options.lease.release(pooled.leaseId).catch(() => {});
     this.wakeAll();
+  }
+
+  /**
+   * Another process waits for a slot of this mailbox: closes the connections that have been idle at least
+   * minIdleMs (none of this process's messages wanted them), so their leases go to it now rather than after
+   * idleTimeout. Returns how many were closed.
+   */
+  yieldIdle(minIdleMs: number): number {
+    const now = Date.now();
+    const stale = this.idle.filter((p) => now - (p.idleSince ?? now) >= minIdleMs);
+    for (const pooled of stale) {
+      this.idle.splice(this.idle.indexOf(pooled), 1);
+      this.discard(pooled);
+    }
+    return stale.length;
   }
 
   /** Closes idle connections and releases their leases; busy ones close when released. */

@@ -13,6 +13,8 @@ export interface DeliveryLane {
    * no job was ready, `dueAt` says when the earliest held one is (0: none known).
    */
   turn(token: string, calls: TurnCalls): Promise<{ dueAt: number }>;
+  /** Another process waits for one of this mailbox's connection slots (see ConnectionPool.yieldIdle). */
+  slotWanted(): void;
 }
 
 export interface TurnCalls {
@@ -38,8 +40,8 @@ export interface DeliverySchedulerOptions {
   pollIntervalMs?: number;
   /** A connection to put in subscriber mode for wakes from other processes; none: local wakes and polling only. */
   subscriber?: Redis;
-  /** Pub/sub channel of wakes (Spool.wakeChannel). */
-  channel: string;
+  /** Pub/sub channels: of wakes (Spool.wakeChannel) and of connection slots wanted (Spool.slotWantedChannel). */
+  channels: { wake: string; slotWanted: string };
   logger: Logger;
 }
 
@@ -66,14 +68,15 @@ export class DeliveryScheduler {
 
   constructor(private readonly options: DeliverySchedulerOptions) {
     this.pollIntervalMs = options.pollIntervalMs ?? 5_000;
-    const { subscriber, channel } = options;
+    const { subscriber, channels } = options;
     if (subscriber) {
       subscriber.on("message", (from: string, name: string) => {
-        if (from === channel) this.wake(name);
+        if (from === channels.wake) this.wake(name);
+        else if (from === channels.slotWanted && !this.closed) this.lanes.get(name)?.lane.slotWanted();
       });
       // a wake published while we were disconnected is lost: look at every lane once
       subscriber.on("ready", () => this.wakeAll());
-      subscriber.subscribe(channel).catch((err: Error) => {
+      subscriber.subscribe(channels.wake, channels.slotWanted).catch((err: Error) => {
         options.logger.warn({ err: err.message }, "cannot subscribe to queue wakes: polling only");
       });
     }

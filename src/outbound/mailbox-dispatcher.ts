@@ -53,6 +53,9 @@ class RecipientsDeferred extends Error {
   }
 }
 
+/** An idle connection is handed to another process that waits for a slot once it has been idle this long (ms). */
+const SLOT_YIELD_IDLE_MS = 50;
+
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
 /**
@@ -107,6 +110,10 @@ export class MailboxDispatcher implements DeliveryLane {
         renewEveryMs: Math.max(100, Math.floor(options.leaseTtlMs / 3)),
       },
       open: () => openUpstream(upstream, tls, options.credentials, options.hostname),
+      // every slot is taken: processes that hold one idle hand it over (slotWanted) instead of after idleTimeout
+      onStarved: () => {
+        options.connection.publish(spool.slotWantedChannel, this.name).catch(() => {});
+      },
     });
     this.name = spool.queueName(mailbox);
     // twice the connections: while one job does its Redis bookkeeping, another already uses the connection
@@ -163,6 +170,12 @@ export class MailboxDispatcher implements DeliveryLane {
       job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
     }
     return { dueAt: 0 };
+  }
+
+  slotWanted(): void {
+    const closed = this.pool.yieldIdle(SLOT_YIELD_IDLE_MS);
+    if (closed)
+      this.logger.debug({ closed }, "idle upstream connections closed: another process waits for a slot");
   }
 
   get mailbox(): string {

@@ -53,6 +53,11 @@ export class Spool {
     return `${this.prefix}:wake`;
   }
 
+  /** Pub/sub channel on which a process that waits for one of a mailbox's connection slots says so. */
+  get slotWantedChannel(): string {
+    return `${this.prefix}:slot-wanted`;
+  }
+
   /**
    * Tells every relay process that the mailbox's queue has mail ready. Best effort: a lost wake only delays
    * delivery until the scheduler's next poll.
