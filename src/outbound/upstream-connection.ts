@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
-import { rootCertificates } from "node:tls";
+import { createSecureContext, rootCertificates } from "node:tls";
 import SMTPConnection from "nodemailer/lib/smtp-connection";
 import XOAuth2 from "nodemailer/lib/xoauth2";
 import type { UpstreamCredentials, UpstreamLogin } from "../auth/upstream-credentials.js";
@@ -24,12 +24,30 @@ export interface UpstreamError extends Error {
   command?: string;
 }
 
-/** TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. */
-export function upstreamTlsOptions(upstream: UpstreamConfig) {
+export type UpstreamTlsOptions = ReturnType<typeof buildTlsOptions>;
+
+const tlsOptionsByUpstream = new WeakMap<UpstreamConfig, UpstreamTlsOptions>();
+
+/**
+ * TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. One secure
+ * context per upstream, shared by all its connections: building one parses the whole CA list (milliseconds of
+ * CPU), which per connection was most of what 500 mailboxes cost.
+ */
+export function upstreamTlsOptions(upstream: UpstreamConfig): UpstreamTlsOptions {
+  let options = tlsOptionsByUpstream.get(upstream);
+  if (!options) {
+    options = buildTlsOptions(upstream);
+    tlsOptionsByUpstream.set(upstream, options);
+  }
+  return options;
+}
+
+function buildTlsOptions(upstream: UpstreamConfig) {
   const ca = upstream.ca ? [...rootCertificates, readFileSync(upstream.ca, "utf8")] : undefined;
+  const secureContext = createSecureContext({ minVersion: "TLSv1.2", ...(ca ? { ca } : {}) });
   // SNI carries host names only; an IP address is checked against the certificate's IP SANs
   const servername = isIP(upstream.host) ? {} : { servername: upstream.host };
-  return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, ...servername, ...(ca ? { ca } : {}) };
+  return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, secureContext, ...servername };
 }
 
 /** One authenticated upstream SMTP session, reusable for many messages (RSET after a failed one). */
@@ -43,7 +61,7 @@ export class UpstreamConnection {
 
   constructor(
     upstream: UpstreamConfig,
-    tls: ReturnType<typeof upstreamTlsOptions>,
+    tls: UpstreamTlsOptions,
     private readonly credentials: UpstreamLogin,
     clientName: string,
   ) {
@@ -147,7 +165,7 @@ export class UpstreamConnection {
  */
 export async function openUpstream(
   upstream: UpstreamConfig,
-  tls: ReturnType<typeof upstreamTlsOptions>,
+  tls: UpstreamTlsOptions,
   credentials: UpstreamCredentials,
   clientName: string,
 ): Promise<UpstreamConnection> {
