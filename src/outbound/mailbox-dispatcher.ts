@@ -127,7 +127,12 @@ export class MailboxDispatcher implements DeliveryLane {
         autorun: false,
         // a relay that dies frees its connection slots after leaseTtl; its in-flight messages go back to the queue then too
         lockDuration: options.leaseTtlMs,
-        stalledInterval: options.leaseTtlMs,
+        // a message whose lock lapsed goes back to the queue at the second check after that: within leaseTtl x 5/3
+        // of the relay's death, not up to 3 x leaseTtl
+        stalledInterval: Math.max(1_000, Math.floor(options.leaseTtlMs / 3)),
+        // acknowledged mail is never failed for having been in flight in relays that died (BullMQ's default
+        // fails it at the second stall); retry.maxAge still ends it
+        maxStalledCount: 1_000,
         settings: {
           backoffStrategy: (attemptsMade: number) => {
             const delay = retryDelay(retry, attemptsMade);
