@@ -40,8 +40,10 @@ import os from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
+import { createSecureContext } from "node:tls";
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
+import SMTPConnection from "nodemailer/lib/smtp-connection";
 import { createTestPki } from "../test/support/certs.js";
 import { type FakeUpstream, type ReceivedMessage, startFakeUpstream } from "../test/support/fake-upstream.js";
 import { type PrivateRedis, startPrivateRedis } from "../test/support/redis-server.js";
@@ -116,6 +118,7 @@ const PLAN = QUICK
       ingest: { connections: 50, warmupMs: 500, durationMs: 3_000 },
       large: { clients: 5, attachmentBytes: 25 * 1024 * 1024 },
       mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 2, deadlineSeconds: 120 },
+      bareClientPerConnection: 100,
       backlog: { messages: 10_000, concurrency: 200 },
     }
   : {
@@ -131,6 +134,7 @@ const PLAN = QUICK
       large: { clients: 20, attachmentBytes: 25 * 1024 * 1024 },
       // 2,000 messages, as in the other delivery runs
       mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 4, deadlineSeconds: 180 },
+      bareClientPerConnection: 600,
       backlog: { messages: 100_000, concurrency: 200 },
     };
 /** Run number of the 500-mailbox delivery (mailbox names and prefix); apart from PLAN.delivery's. */
@@ -370,6 +374,76 @@ function fmt(value: number): string {
 }
 
 // --------------------------------------------------------------------------------------------- delivery
+
+/** The same delivery without sluice: what nodemailer and the fake upstream reach by themselves. */
+interface BareClientResult {
+  messages: number;
+  perSecond: number;
+  shareOfCeiling: number;
+  /** 250 -> the next message's end of DATA on a connection, and the upstream's time beyond its 50 ms (p50/p90). */
+  turnaroundSplitMs: { client: { p50: number; p90: number }; upstream: { p50: number; p90: number } };
+}
+
+/**
+ * 3 nodemailer SMTPConnections (STARTTLS, AUTH, PIPELINING, 10 KB messages, one after another on each) from
+ * the bench process straight to the fake upstream: no relay, no Redis. The floor under the relay's share of
+ * the ceiling on this machine (the client shares the bench's event loop with the fake upstream).
+ */
+async function bareClientRun(env: DeliveryEnv, ca: string, perConnection: number): Promise<BareClientResult> {
+  const user = mailboxName(0, 0);
+  log(`delivery: bare nodemailer client, ${CONNECTIONS_PER_MAILBOX} connections x ${perConnection} messages`);
+  env.upstream.reset();
+  const body = tenKilobyteMessage(user, "reader@example.org");
+  const secureContext = createSecureContext({ ca });
+  const sendAll = async () => {
+    const connection = new SMTPConnection({
+      host: "127.0.0.1",
+      port: env.upstream.port,
+      requireTLS: true,
+      tls: { secureContext, rejectUnauthorized: true },
+    });
+    const call = (start: (done: (err?: Error | null) => void) => void) =>
+      new Promise<void>((resolve, reject) => start((err) => (err ? reject(err) : resolve())));
+    await call((done) => {
+      connection.once("error", done);
+      connection.connect(() => done());
+    });
+    await call((done) => connection.login({ user, pass: PASSWORD }, done));
+    for (let i = 0; i < perConnection; i++) {
+      await call((done) => connection.send({ from: user, to: ["reader@example.org"] }, body, done));
+    }
+    connection.quit();
+  };
+  const startedAt = Date.now();
+  await Promise.all(Array.from({ length: CONNECTIONS_PER_MAILBOX }, sendAll));
+  const seconds = (Date.now() - startedAt) / 1000;
+  const messages = [...env.upstream.messages];
+  const clientParts: number[] = [];
+  const byConnection = new Map<string, ReceivedMessage[]>();
+  for (const m of messages)
+    byConnection.set(m.connectionId, [...(byConnection.get(m.connectionId) ?? []), m]);
+  for (const list of byConnection.values()) {
+    for (let i = 1; i < list.length; i++) {
+      clientParts.push(
+        (list[i] as ReceivedMessage).dataEndedAt - (list[i - 1] as ReceivedMessage).receivedAt,
+      );
+    }
+  }
+  const upstreamParts = messages.map((m) => m.receivedAt - m.dataEndedAt - REPLY_DELAY_MS);
+  for (const list of [clientParts, upstreamParts]) list.sort((a, b) => a - b);
+  const perSecond = messages.length / seconds;
+  const result: BareClientResult = {
+    messages: messages.length,
+    perSecond: round(perSecond),
+    shareOfCeiling: round(perSecond / CEILING_PER_MAILBOX, 3),
+    turnaroundSplitMs: {
+      client: { p50: round(percentile(clientParts, 50)), p90: round(percentile(clientParts, 90)) },
+      upstream: { p50: round(percentile(upstreamParts, 50)), p90: round(percentile(upstreamParts, 90)) },
+    },
+  };
+  log(`  ${result.perSecond} msg/s (${round(result.shareOfCeiling * 100)}% of the ceiling per mailbox)`);
+  return result;
+}
 
 interface DeliveryEnv {
   dir: string;
@@ -904,12 +978,13 @@ function formatReport(report: {
     othersCpuPercentAtStart: number;
   };
   delivery: DeliveryResult[];
+  deliveryBareClient: BareClientResult | undefined;
   ingest: IngestResult[];
   large: LargeResult | undefined;
   mailboxes500: DeliveryResult | undefined;
   backlog: BacklogResult | undefined;
 }): string {
-  const { machine, delivery, ingest, large, mailboxes500, backlog } = report;
+  const { machine, delivery, deliveryBareClient: bare, ingest, large, mailboxes500, backlog } = report;
   const runLabel = (d: DeliveryResult) => `${d.relays} relay${d.relays > 1 ? "s" : ""}, ${d.mailboxes} mbx`;
   return [
     "",
@@ -944,6 +1019,9 @@ function formatReport(report: {
         d.maxConcurrentPerMailbox,
       ]),
     ),
+    bare
+      ? `  without sluice: ${CONNECTIONS_PER_MAILBOX} bare nodemailer connections in the bench process, ${bare.messages} messages: ${bare.perSecond} msg/s (${round(bare.shareOfCeiling * 100)} % of the ceiling); 250->end of DATA p50/p90 ${bare.turnaroundSplitMs.client.p50}/${bare.turnaroundSplitMs.client.p90} ms, upstream beyond 50 ms ${bare.turnaroundSplitMs.upstream.p50}/${bare.turnaroundSplitMs.upstream.p90} ms`
+      : "",
     "",
     "Delivery: where the time goes, and resources (CPU % of one core over the delivery; 2 cores = 200 %)",
     table(
@@ -1514,6 +1592,7 @@ async function main(): Promise<void> {
   const delivery: DeliveryResult[] = [];
   const failures: { relays: number; mailboxes: number; perMailbox: number; error: string }[] = [];
   let mailboxes500: DeliveryResult | undefined;
+  let bareClient: BareClientResult | undefined;
   if (RUN_DELIVERY || RUN_MAILBOXES500) {
     const redis = await startPrivateRedis({ appendOnly: true });
     const admin = new Redis(redis.url, { maxRetriesPerRequest: null });
@@ -1525,6 +1604,12 @@ async function main(): Promise<void> {
     });
     try {
       const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };
+      if (RUN_DELIVERY) {
+        bareClient = await bareClientRun(env, pki.ca, PLAN.bareClientPerConnection).catch((err: Error) => {
+          log(`  bare client failed: ${err.message}`);
+          return undefined;
+        });
+      }
       for (const [run, spec] of RUN_DELIVERY ? PLAN.delivery.entries() : []) {
         try {
           delivery.push(await deliveryRun(env, run, spec));
@@ -1580,6 +1665,7 @@ async function main(): Promise<void> {
     },
     targets: TARGETS,
     delivery,
+    deliveryBareClient: bareClient,
     deliveryFailures: failures,
     ingest,
     large,
