@@ -1,3 +1,4 @@
+import { Queue, Worker } from "bullmq";
 import { Redis } from "ioredis";
 import { beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestPki } from "./support/certs.js";
@@ -210,4 +211,50 @@ describe("connection slots between processes", () => {
       await upstream.stop();
     }
   }, 180_000);
+});
+
+describe("messages in flight in relays that died", () => {
+  it("are delivered even when it happened to them twice (BullMQ's default would fail them at the second stall)", async () => {
+    const pki = await createTestPki();
+    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(1) });
+    // short locks: a lapsed one is found within seconds
+    const shared = {
+      redis: redisUrl,
+      redisPrefix: uniquePrefix(),
+      leaseTtl: 1_000,
+      ...appsConfig(1, upstream, tempFile("ca.pem", pki.ca)),
+    };
+    const first = await startTestRelay(shared);
+    await first.spool.queue(mailboxOf(0)).pause();
+    await send(first, 0, "twice-stalled");
+    await first.stop();
+    const redis = new Redis(redisUrl, { maxRetriesPerRequest: null });
+    const queue = new Queue(mailboxOf(0), { connection: redis, prefix: shared.redisPrefix });
+    // a relay that died while delivering it, after an earlier one had died the same way (stall counter 1)
+    const dead = new Worker(queue.name, null, {
+      connection: redis,
+      prefix: shared.redisPrefix,
+      lockDuration: 1_000,
+      autorun: false,
+    });
+    try {
+      await queue.resume();
+      const job = await dead.getNextJob("dead-relay-token");
+      expect(job?.data.recipients).toEqual(["someone@example.org"]);
+      await redis.hset(`${shared.redisPrefix}:${queue.name}:${job?.id}`, "stc", 1);
+      await dead.close(true);
+      const second = await startTestRelay(shared);
+      try {
+        const [delivered] = await upstream.waitForMessages(1, 30_000);
+        expect(delivered?.raw.toString("latin1")).toContain("Subject: twice-stalled");
+        expect(await queue.getJobState(job?.id ?? "")).not.toBe("failed");
+      } finally {
+        await second.stop();
+      }
+    } finally {
+      await queue.close();
+      redis.disconnect();
+      await upstream.stop();
+    }
+  }, 120_000);
 });
