@@ -111,20 +111,11 @@ export class DeliveryScheduler {
     this.schedule();
   }
 
-  /** Deliveries in progress in this process. */
-  get inProgress(): number {
-    return this.active;
-  }
-
   /** Stops starting deliveries; running ones finish on their own (their lanes wait for them). */
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
     this.timer = undefined;
-  }
-
-  get closing(): boolean {
-    return this.closed;
   }
 
   private schedule(): void {
