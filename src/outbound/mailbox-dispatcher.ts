@@ -53,8 +53,12 @@ class RecipientsDeferred extends Error {
   }
 }
 
-/** An idle connection is handed to another process that waits for a slot once it has been idle this long (ms). */
-const SLOT_YIELD_IDLE_MS = 50;
+/**
+ * An idle connection is handed to another process that waits for a slot once it has been idle this long (ms):
+ * long enough that this process's own next message would have taken it (50 ms doubled the handshakes at 50
+ * mailboxes with 2 relays; 250 ms: bench/results/scheduler-2026-11-25/delivery-yield-250ms.json).
+ */
+const SLOT_YIELD_IDLE_MS = 250;
 
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
