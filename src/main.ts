@@ -18,6 +18,11 @@ import { DeliveryScheduler } from "./outbound/delivery-scheduler.js";
 import { FailureNotices } from "./outbound/failure-notices.js";
 import { MailboxDispatcher } from "./outbound/mailbox-dispatcher.js";
 import { MailboxPauses } from "./outbound/mailbox-pauses.js";
+import {
+  type UpstreamConfig,
+  type UpstreamTlsOptions,
+  upstreamTlsOptions,
+} from "./outbound/upstream-connection.js";
 import { RelayEvents } from "./relay-events.js";
 import { type EmbeddedRedis, startEmbeddedRedis } from "./spool/embedded-redis.js";
 import { checkRedisDurability, RedisConnections, redisTargetFor } from "./spool/redis-connections.js";
@@ -138,26 +143,31 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
       channels: { wake: spool.wakeChannel, slotWanted: spool.slotWantedChannel },
       logger,
     });
-    const dispatchers = Object.entries(config.mailboxes).map(
-      ([mailbox, settings]) =>
-        new MailboxDispatcher({
-          mailbox,
-          credentials: credentials.get(mailbox) as UpstreamCredentials,
-          limits: settings.limits,
-          upstream: settings.upstream ?? config.upstream,
-          retry: config.retry,
-          hostname,
-          spool,
-          leases,
-          leaseTtlMs: config.leaseTtl,
-          budget,
-          pauses,
-          connection: workerConnection,
-          scheduler,
-          logger,
-          events,
-        }),
-    );
+    // one TLS context per upstream, shared by the mailboxes that use it
+    const tlsByUpstream = new Map<UpstreamConfig, UpstreamTlsOptions>();
+    const dispatchers = Object.entries(config.mailboxes).map(([mailbox, settings]) => {
+      const upstream = settings.upstream ?? config.upstream;
+      const tls = tlsByUpstream.get(upstream) ?? upstreamTlsOptions(upstream);
+      tlsByUpstream.set(upstream, tls);
+      return new MailboxDispatcher({
+        mailbox,
+        credentials: credentials.get(mailbox) as UpstreamCredentials,
+        limits: settings.limits,
+        upstream,
+        tls,
+        retry: config.retry,
+        hostname,
+        spool,
+        leases,
+        leaseTtlMs: config.leaseTtl,
+        budget,
+        pauses,
+        connection: workerConnection,
+        scheduler,
+        logger,
+        events,
+      });
+    });
     cleanups.push(async () => {
       scheduler.close();
       await Promise.all(dispatchers.map((d) => d.close(config.shutdownTimeout)));

@@ -14,7 +14,6 @@ const mailboxOf = (i: number) => `app${i}@contoso.com`;
 function appsConfig(
   count: number,
   upstream: FakeUpstream,
-  ca: string,
   extra: { limits?: Record<string, number>; upstream?: Record<string, unknown> } = {},
 ) {
   const mailboxes: Record<string, unknown> = {};
@@ -29,7 +28,24 @@ function appsConfig(
       from: "keep",
     });
   }
-  return { upstream: { host: "127.0.0.1", port: upstream.port, ca, ...extra.upstream }, mailboxes, clients };
+  return {
+    upstream: { host: "127.0.0.1", port: upstream.port, ca: caFile, ...extra.upstream },
+    mailboxes,
+    clients,
+  };
+}
+
+let pki: Awaited<ReturnType<typeof createTestPki>>;
+let caFile: string;
+
+beforeAll(async () => {
+  pki = await createTestPki();
+  caFile = tempFile("ca.pem", pki.ca);
+});
+
+/** The fake upstream with mailboxes app0@ .. app<count-1>@ (password "pw"). */
+async function startUpstream(count: number, replyDelayMs = 0): Promise<FakeUpstream> {
+  return startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(count), replyDelayMs });
 }
 
 function usersOf(count: number): Record<string, string> {
@@ -65,18 +81,13 @@ function mostAtOnce(messages: ReceivedMessage[]): number {
 }
 
 describe("one delivery scheduler per process", () => {
-  let pki: Awaited<ReturnType<typeof createTestPki>>;
-  beforeAll(async () => {
-    pki = await createTestPki();
-  });
-
   it("serves 40 mailboxes over a handful of Redis connections, not one per mailbox", async () => {
     const COUNT = 40;
     const redis: PrivateRedis = await startPrivateRedis({ appendOnly: false });
-    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(COUNT) });
+    const upstream = await startUpstream(COUNT);
     const relay = await startTestRelay({
       redis: redis.url,
-      ...appsConfig(COUNT, upstream, tempFile("ca.pem", pki.ca)),
+      ...appsConfig(COUNT, upstream),
     });
     const admin = new Redis(redis.url);
     try {
@@ -98,15 +109,11 @@ describe("one delivery scheduler per process", () => {
 
   it("keeps at most deliveryConcurrency deliveries in progress, across all mailboxes", async () => {
     const COUNT = 6;
-    const upstream = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      users: usersOf(COUNT),
-      replyDelayMs: 200,
-    });
+    const upstream = await startUpstream(COUNT, 200);
     const relay = await startTestRelay({
       redis: redisUrl,
       deliveryConcurrency: 2,
-      ...appsConfig(COUNT, upstream, tempFile("ca.pem", pki.ca)),
+      ...appsConfig(COUNT, upstream),
     });
     try {
       const sends: Promise<void>[] = [];
@@ -126,15 +133,11 @@ describe("one delivery scheduler per process", () => {
 
   it("takes turns: at its limit, a mailbox with a backlog does not keep another mailbox's message waiting", async () => {
     const BACKLOG = 30;
-    const upstream = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      users: usersOf(2),
-      replyDelayMs: 100,
-    });
+    const upstream = await startUpstream(2, 100);
     const relay = await startTestRelay({
       redis: redisUrl,
       deliveryConcurrency: 1,
-      ...appsConfig(2, upstream, tempFile("ca.pem", pki.ca)),
+      ...appsConfig(2, upstream),
     });
     try {
       const session = await openSubmission({ port: relay.port, startTls: false });
@@ -163,13 +166,12 @@ describe("one delivery scheduler per process", () => {
 
 describe("connection slots between processes", () => {
   it("hands an idle connection's slot to the other relay that waits for it, instead of keeping it until idleTimeout", async () => {
-    const pki = await createTestPki();
-    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(1) });
+    const upstream = await startUpstream(1);
     // one slot, kept idle for a minute: without the hand-over the other relay would wait that long
     const shared = {
       redis: redisUrl,
       redisPrefix: uniquePrefix(),
-      ...appsConfig(1, upstream, tempFile("ca.pem", pki.ca), {
+      ...appsConfig(1, upstream, {
         limits: { connections: 1 },
         upstream: { idleTimeout: 60_000 },
       }),
@@ -215,14 +217,13 @@ describe("connection slots between processes", () => {
 
 describe("messages in flight in relays that died", () => {
   it("are delivered even when it happened to them twice (BullMQ's default would fail them at the second stall)", async () => {
-    const pki = await createTestPki();
-    const upstream = await startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(1) });
+    const upstream = await startUpstream(1);
     // short locks: a lapsed one is found within seconds
     const shared = {
       redis: redisUrl,
       redisPrefix: uniquePrefix(),
       leaseTtl: 1_000,
-      ...appsConfig(1, upstream, tempFile("ca.pem", pki.ca)),
+      ...appsConfig(1, upstream),
     };
     const first = await startTestRelay(shared);
     await first.spool.queue(mailboxOf(0)).pause();

@@ -38,6 +38,17 @@ function oauth2(extra: Record<string, unknown> = {}) {
   };
 }
 
+/** The app that signs a client assertion with its certificate's key instead of a secret. */
+function certificateOauth2() {
+  return {
+    tenant: TENANT,
+    clientId: CERT_APP,
+    certificate: { key: certApp.keyFile, cert: certApp.certFile },
+    authority: endpoint.url,
+    ca: caFile,
+  };
+}
+
 async function relay(mailboxes: Record<string, unknown>, extra: Record<string, unknown> = {}) {
   const names = Object.keys(mailboxes);
   const started = await startTestRelay({
@@ -158,13 +169,7 @@ describe("OAuth2 app-only (client credentials)", () => {
   it("obtains tokens with a certificate credential (a client assertion signed by the app's key)", async () => {
     const r = await relay({
       [MAILBOX]: {
-        oauth2: {
-          tenant: TENANT,
-          clientId: CERT_APP,
-          certificate: { key: certApp.keyFile, cert: certApp.certFile },
-          authority: endpoint.url,
-          ca: caFile,
-        },
+        oauth2: certificateOauth2(),
       },
     });
     expect((await send(r, "certificate")).ok).toBe(true);
@@ -286,13 +291,7 @@ describe("OAuth2 app-only (client credentials)", () => {
         [MAILBOX]: { oauth2: oauth2() },
         [OTHER]: { oauth2: oauth2({ clientId: OTHER_APP, clientSecret: WRONG_SECRET }) },
         [NO_PERMISSION]: {
-          oauth2: {
-            tenant: TENANT,
-            clientId: CERT_APP,
-            certificate: { key: certApp.keyFile, cert: certApp.certFile },
-            authority: endpoint.url,
-            ca: caFile,
-          },
+          oauth2: certificateOauth2(),
         },
       });
       expect((await send(r, "good", "127.0.0.2")).ok).toBe(true);

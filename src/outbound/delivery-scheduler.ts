@@ -128,8 +128,13 @@ export class DeliveryScheduler {
     queueMicrotask(() => this.pump());
   }
 
+  /** The lane could start a turn now if it were due. */
+  private hasRoom(state: LaneState): boolean {
+    return !state.probing && state.active < state.lane.capacity;
+  }
+
   private eligible(state: LaneState, now: number): boolean {
-    return !state.probing && state.active < state.lane.capacity && state.dueAt <= now;
+    return this.hasRoom(state) && state.dueAt <= now;
   }
 
   /** Starts a turn for every lane that is due and has room, round-robin, while the process has room. */
@@ -204,7 +209,7 @@ export class DeliveryScheduler {
     if (this.active >= this.options.concurrency) return;
     let next = Number.POSITIVE_INFINITY;
     for (const state of this.order) {
-      if (!state.probing && state.active < state.lane.capacity && state.dueAt < next) next = state.dueAt;
+      if (this.hasRoom(state) && state.dueAt < next) next = state.dueAt;
     }
     if (Number.isFinite(next)) this.arm(next);
   }

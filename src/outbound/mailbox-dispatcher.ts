@@ -19,7 +19,7 @@ import {
   type UpstreamConfig,
   type UpstreamConnection,
   type UpstreamError,
-  upstreamTlsOptions,
+  type UpstreamTlsOptions,
 } from "./upstream-connection.js";
 
 export interface MailboxDispatcherOptions {
@@ -28,6 +28,8 @@ export interface MailboxDispatcherOptions {
   credentials: UpstreamCredentials;
   limits: Limits;
   upstream: UpstreamConfig;
+  /** TLS settings of `upstream`, built once per upstream (upstreamTlsOptions) and shared by its mailboxes. */
+  tls: UpstreamTlsOptions;
   retry: RetryConfig;
   hostname: string;
   spool: Spool;
@@ -100,7 +102,6 @@ export class MailboxDispatcher implements DeliveryLane {
   constructor(private readonly options: MailboxDispatcherOptions) {
     const { mailbox, limits, upstream, spool, retry, leases } = options;
     this.logger = options.logger.child({ mailbox });
-    const tls = upstreamTlsOptions(upstream);
     this.pool = new ConnectionPool({
       maxConnections: limits.connections,
       idleTimeout: upstream.idleTimeout,
@@ -113,11 +114,9 @@ export class MailboxDispatcher implements DeliveryLane {
         release: (id) => leases.release(mailbox, id),
         renewEveryMs: Math.max(100, Math.floor(options.leaseTtlMs / 3)),
       },
-      open: () => openUpstream(upstream, tls, options.credentials, options.hostname),
+      open: () => openUpstream(upstream, options.tls, options.credentials, options.hostname),
       // every slot is taken: processes that hold one idle hand it over (slotWanted) instead of after idleTimeout
-      onStarved: () => {
-        options.connection.publish(spool.slotWantedChannel, this.name).catch(() => {});
-      },
+      onStarved: () => spool.wantSlot(mailbox),
     });
     this.name = spool.queueName(mailbox);
     // twice the connections: while one job does its Redis bookkeeping, another already uses the connection

@@ -24,25 +24,14 @@ export interface UpstreamError extends Error {
   command?: string;
 }
 
-export type UpstreamTlsOptions = ReturnType<typeof buildTlsOptions>;
-
-const tlsOptionsByUpstream = new WeakMap<UpstreamConfig, UpstreamTlsOptions>();
+export type UpstreamTlsOptions = ReturnType<typeof upstreamTlsOptions>;
 
 /**
- * TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. One secure
- * context per upstream, shared by all its connections: building one parses the whole CA list (milliseconds of
- * CPU), which per connection was most of what 500 mailboxes cost.
+ * TLS settings for upstream: system CAs plus `upstream.ca`, TLS 1.2 or newer, host name verified. Build them once
+ * per upstream and share them between its connections: the secure context parses the whole CA list
+ * (milliseconds of CPU), which per connection was most of what 500 mailboxes cost.
  */
-export function upstreamTlsOptions(upstream: UpstreamConfig): UpstreamTlsOptions {
-  let options = tlsOptionsByUpstream.get(upstream);
-  if (!options) {
-    options = buildTlsOptions(upstream);
-    tlsOptionsByUpstream.set(upstream, options);
-  }
-  return options;
-}
-
-function buildTlsOptions(upstream: UpstreamConfig) {
+export function upstreamTlsOptions(upstream: UpstreamConfig) {
   const ca = upstream.ca ? [...rootCertificates, readFileSync(upstream.ca, "utf8")] : undefined;
   const secureContext = createSecureContext({ minVersion: "TLSv1.2", ...(ca ? { ca } : {}) });
   // SNI carries host names only; an IP address is checked against the certificate's IP SANs

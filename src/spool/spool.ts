@@ -58,6 +58,11 @@ export class Spool {
     return `${this.prefix}:slot-wanted`;
   }
 
+  /** Tells every relay process that this one waits for a connection slot of the mailbox (best effort). */
+  wantSlot(mailbox: string): void {
+    this.redis.publish(this.slotWantedChannel, this.queueName(mailbox)).catch(() => {});
+  }
+
   /**
    * Tells every relay process that the mailbox's queue has mail ready. Best effort: a lost wake only delays
    * delivery until the scheduler's next poll.
