@@ -8,6 +8,7 @@
 import { readFileSync } from "node:fs";
 import { parseConfig } from "../dist/config/load.js";
 import { createRelay } from "../dist/main.js";
+import { processStats } from "./worker-stats.mjs";
 
 const file = process.argv[2];
 if (!file || !process.send) {
@@ -18,17 +19,8 @@ if (!file || !process.send) {
 const { config } = parseConfig(JSON.parse(readFileSync(file, "utf8")), process.env, file);
 const relay = await createRelay(config);
 
-function stats() {
-  const cpu = process.cpuUsage();
-  return {
-    cpuMs: (cpu.user + cpu.system) / 1000,
-    rss: process.memoryUsage.rss(),
-    maxRss: process.resourceUsage().maxRSS * 1024,
-  };
-}
-
 process.on("message", (message) => {
-  if (message?.type === "stats") process.send?.({ type: "stats", stats: stats() });
+  if (message?.type === "stats") process.send?.({ type: "stats", stats: processStats() });
 });
 process.once("SIGTERM", () => {
   relay.stop().then(

@@ -40,10 +40,8 @@ import os from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createSecureContext } from "node:tls";
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
-import SMTPConnection from "nodemailer/lib/smtp-connection";
 import { createTestPki } from "../test/support/certs.js";
 import { type FakeUpstream, type ReceivedMessage, startFakeUpstream } from "../test/support/fake-upstream.js";
 import { type PrivateRedis, startPrivateRedis } from "../test/support/redis-server.js";
@@ -57,7 +55,7 @@ import {
   runLoad,
 } from "./load-client.js";
 import { childPid, machineCpuMs, procCpuMs, procRss, startWorker, type Worker } from "./processes.js";
-import type { ProcessStats } from "./worker-ipc.js";
+import type { ProcessStats, WorkerMessage } from "./worker-ipc.js";
 
 const QUICK = process.argv.includes("--quick");
 const KEEP = process.argv.includes("--keep");
@@ -84,6 +82,7 @@ const APPENDFSYNC = process.argv.includes("--appendfsync")
 const HERE = import.meta.dirname;
 const ROOT = join(HERE, "..");
 const RELAY_WORKER = join(HERE, "relay-worker.mjs");
+const BARE_CLIENT_WORKER = join(HERE, "bare-client-worker.mjs");
 const SINK_WORKER = join(HERE, "sink-worker.mjs");
 
 const REPLY_DELAY_MS = 50;
@@ -118,7 +117,6 @@ const PLAN = QUICK
       ingest: { connections: 50, warmupMs: 500, durationMs: 3_000 },
       large: { clients: 5, attachmentBytes: 25 * 1024 * 1024 },
       mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 2, deadlineSeconds: 120 },
-      bareClientPerConnection: 100,
       backlog: { messages: 10_000, concurrency: 200 },
     }
   : {
@@ -134,7 +132,6 @@ const PLAN = QUICK
       large: { clients: 20, attachmentBytes: 25 * 1024 * 1024 },
       // 2,000 messages, as in the other delivery runs
       mailboxes500: { relays: 2, mailboxes: 500, perMailbox: 4, deadlineSeconds: 180 },
-      bareClientPerConnection: 600,
       backlog: { messages: 100_000, concurrency: 200 },
     };
 /** Run number of the 500-mailbox delivery (mailbox names and prefix); apart from PLAN.delivery's. */
@@ -377,72 +374,181 @@ function fmt(value: number): string {
 
 /** The same delivery without sluice: what nodemailer and the fake upstream reach by themselves. */
 interface BareClientResult {
+  processes: number;
+  mailboxes: number;
   messages: number;
   perSecond: number;
-  shareOfCeiling: number;
-  /** 250 -> the next message's end of DATA on a connection, and the upstream's time beyond its 50 ms (p50/p90). */
-  turnaroundSplitMs: { client: { p50: number; p90: number }; upstream: { p50: number; p90: number } };
+  perMailbox: DeliveryResult["perMailbox"];
+  messagesPerConnection: number;
+  count432: number;
+  /** The client processes' CPU per message, all together (compare perMessage.relayCpuMs). */
+  clientCpuMsPerMessage: number;
+  turnaroundSplitMs: TurnaroundSplit;
+}
+
+interface DeliverySpec {
+  relays: number;
+  mailboxes: number;
+  perMailbox: number;
+  deadlineSeconds?: number;
+}
+
+interface Spread {
+  p50: number;
+  p90: number;
 }
 
 /**
- * 3 nodemailer SMTPConnections (STARTTLS, AUTH, PIPELINING, 10 KB messages, one after another on each) from
- * the bench process straight to the fake upstream: no relay, no Redis. The floor under the relay's share of
- * the ceiling on this machine (the client shares the bench's event loop with the fake upstream).
+ * Where each message's time on a connection goes beyond the upstream's 50 ms, ms (p50/p90, from the fake
+ * upstream's sub-millisecond clock). client: from the previous message's 250 to this one's end of DATA, the
+ * sum of handoff (250 -> MAIL FROM read: the client's turnaround), envelope (MAIL FROM -> 354 sent: the
+ * pipelined MAIL/RCPT/DATA round) and body (354 -> end of DATA read); upstream: end of DATA -> 250 beyond
+ * its 50 ms (timer slack and processing).
  */
-async function bareClientRun(env: DeliveryEnv, ca: string, perConnection: number): Promise<BareClientResult> {
-  const user = mailboxName(0, 0);
-  log(`delivery: bare nodemailer client, ${CONNECTIONS_PER_MAILBOX} connections x ${perConnection} messages`);
-  env.upstream.reset();
-  const body = tenKilobyteMessage(user, "reader@example.org");
-  const secureContext = createSecureContext({ ca });
-  const sendAll = async () => {
-    const connection = new SMTPConnection({
-      host: "127.0.0.1",
-      port: env.upstream.port,
-      requireTLS: true,
-      tls: { secureContext, rejectUnauthorized: true },
-    });
-    const call = (start: (done: (err?: Error | null) => void) => void) =>
-      new Promise<void>((resolve, reject) => start((err) => (err ? reject(err) : resolve())));
-    await call((done) => {
-      connection.once("error", done);
-      connection.connect(() => done());
-    });
-    await call((done) => connection.login({ user, pass: PASSWORD }, done));
-    for (let i = 0; i < perConnection; i++) {
-      await call((done) => connection.send({ from: user, to: ["reader@example.org"] }, body, done));
-    }
-    connection.quit();
-  };
-  const startedAt = Date.now();
-  await Promise.all(Array.from({ length: CONNECTIONS_PER_MAILBOX }, sendAll));
-  const seconds = (Date.now() - startedAt) / 1000;
-  const messages = [...env.upstream.messages];
-  const clientParts: number[] = [];
+interface TurnaroundSplit {
+  client: Spread;
+  handoff: Spread;
+  envelope: Spread;
+  body: Spread;
+  upstream: Spread;
+}
+
+function turnaroundSplit(messages: ReceivedMessage[]): TurnaroundSplit {
+  const parts = { client: [], handoff: [], envelope: [], body: [], upstream: [] } as Record<
+    keyof TurnaroundSplit,
+    number[]
+  >;
   const byConnection = new Map<string, ReceivedMessage[]>();
-  for (const m of messages)
+  for (const m of messages) {
     byConnection.set(m.connectionId, [...(byConnection.get(m.connectionId) ?? []), m]);
+    parts.upstream.push(m.timing.replied - m.timing.dataEnd - REPLY_DELAY_MS);
+  }
   for (const list of byConnection.values()) {
+    list.sort((a, b) => a.timing.replied - b.timing.replied);
     for (let i = 1; i < list.length; i++) {
-      clientParts.push(
-        (list[i] as ReceivedMessage).dataEndedAt - (list[i - 1] as ReceivedMessage).receivedAt,
-      );
+      const [previous, next] = [(list[i - 1] as ReceivedMessage).timing, (list[i] as ReceivedMessage).timing];
+      parts.client.push(next.dataEnd - previous.replied);
+      parts.handoff.push(next.mailFrom - previous.replied);
+      parts.envelope.push(next.dataStart - next.mailFrom);
+      parts.body.push(next.dataEnd - next.dataStart);
     }
   }
-  const upstreamParts = messages.map((m) => m.receivedAt - m.dataEndedAt - REPLY_DELAY_MS);
-  for (const list of [clientParts, upstreamParts]) list.sort((a, b) => a - b);
-  const perSecond = messages.length / seconds;
-  const result: BareClientResult = {
-    messages: messages.length,
-    perSecond: round(perSecond),
-    shareOfCeiling: round(perSecond / CEILING_PER_MAILBOX, 3),
-    turnaroundSplitMs: {
-      client: { p50: round(percentile(clientParts, 50)), p90: round(percentile(clientParts, 90)) },
-      upstream: { p50: round(percentile(upstreamParts, 50)), p90: round(percentile(upstreamParts, 90)) },
+  const spread = (list: number[]): Spread => {
+    list.sort((a, b) => a - b);
+    return { p50: round(percentile(list, 50), 2), p90: round(percentile(list, 90), 2) };
+  };
+  return {
+    client: spread(parts.client),
+    handoff: spread(parts.handoff),
+    envelope: spread(parts.envelope),
+    body: spread(parts.body),
+    upstream: spread(parts.upstream),
+  };
+}
+
+/** "p50/p90" of a spread. */
+const spreadText = (s: Spread) => `${s.p50}/${s.p90}`;
+
+/**
+ * Messages per second each mailbox got from `startedAt` to its last message, and the longest time any
+ * mailbox went without one (from the start, between messages), ms.
+ */
+function perMailboxRates(messages: ReceivedMessage[], mailboxes: string[], startedAt: number) {
+  let longestStall = 0;
+  const rates = mailboxes.map((mailbox) => {
+    const mine = messages
+      .filter((m) => m.user === mailbox)
+      .map((m) => m.receivedAt)
+      .sort((a, b) => a - b);
+    mine.forEach((at, i) => {
+      longestStall = Math.max(longestStall, at - (i === 0 ? startedAt : (mine[i - 1] as number)));
+    });
+    const end = mine.at(-1) ?? startedAt;
+    return mine.length ? mine.length / ((end - startedAt) / 1000) : 0;
+  });
+  const mean = rates.reduce((a, b) => a + b, 0) / rates.length;
+  return {
+    longestStall,
+    perMailbox: {
+      meanPerSecond: round(mean),
+      minPerSecond: round(Math.min(...rates)),
+      meanShare: round(mean / CEILING_PER_MAILBOX, 3),
+      minShare: round(Math.min(...rates) / CEILING_PER_MAILBOX, 3),
     },
   };
-  log(`  ${result.perSecond} msg/s (${round(result.shareOfCeiling * 100)}% of the ceiling per mailbox)`);
-  return result;
+}
+
+/**
+ * The floor under a delivery run: the same mailboxes' messages sent by bare nodemailer SMTPConnections
+ * (bench/bare-client-worker.mjs: STARTTLS, AUTH, PIPELINING, one message after another on each) straight to
+ * the fake upstream, with no queue and no Redis, from as many OS processes as the run has relays. Each
+ * mailbox's 3 connections are dealt to the processes in turn (2 processes, 1 mailbox: 2 + 1), and each
+ * connection sends a third of the mailbox's messages.
+ */
+async function bareClientRun(env: DeliveryEnv, run: number, spec: DeliverySpec): Promise<BareClientResult> {
+  const mailboxes = Array.from({ length: spec.mailboxes }, (_, k) => mailboxName(run, k));
+  const perConnection = Math.ceil(spec.perMailbox / CONNECTIONS_PER_MAILBOX);
+  log(
+    `delivery without sluice: ${spec.mailboxes} mailbox(es) x ${CONNECTIONS_PER_MAILBOX} bare nodemailer connections x ${perConnection} messages, ${spec.relays} process(es)`,
+  );
+  env.upstream.reset();
+  const connections = mailboxes.flatMap((user) =>
+    Array.from({ length: CONNECTIONS_PER_MAILBOX }, () => ({ user, messages: perConnection })),
+  );
+  const workers: Worker[] = [];
+  try {
+    for (let i = 0; i < spec.relays; i++) {
+      const planFile = join(env.dir, `bare-d${run}-${i}.json`);
+      writeFileSync(
+        planFile,
+        JSON.stringify({
+          port: env.upstream.port,
+          caFile: env.caFile,
+          password: PASSWORD,
+          // the From: of each message is the first mailbox's: the fake checks MAIL FROM, not the header
+          body: tenKilobyteMessage(mailboxes[0] as string, "reader@example.org").toString("utf8"),
+          connections: connections.filter((_, j) => j % spec.relays === i),
+        }),
+      );
+      workers.push(await startWorker(BARE_CLIENT_WORKER, [planFile], join(env.dir, `bare-d${run}-${i}.log`)));
+    }
+    const before = await Promise.all(workers.map((w) => w.stats()));
+    const startedAt = Date.now();
+    await Promise.all(
+      workers.map(
+        (w) =>
+          new Promise<void>((resolve, reject) => {
+            w.child.on("message", (message: WorkerMessage) => message.type === "done" && resolve());
+            w.child.once("exit", (code) =>
+              reject(new Error(`bare client exited with ${code}: see ${w.logFile}`)),
+            );
+            w.child.send({ type: "go" } satisfies WorkerMessage);
+          }),
+      ),
+    );
+    const seconds = (Date.now() - startedAt) / 1000;
+    const after = await Promise.all(workers.map((w) => w.stats()));
+    const messages = [...env.upstream.messages];
+    const { perMailbox } = perMailboxRates(messages, mailboxes, startedAt);
+    const cpuMs = after.reduce((sum, a, i) => sum + a.cpuMs - (before[i] as ProcessStats).cpuMs, 0);
+    const result: BareClientResult = {
+      processes: spec.relays,
+      mailboxes: spec.mailboxes,
+      messages: messages.length,
+      perSecond: round(messages.length / seconds),
+      perMailbox,
+      messagesPerConnection: round(messages.length / env.upstream.connectionCount()),
+      count432: mailboxes.reduce((sum, m) => sum + env.upstream.count432(m), 0),
+      clientCpuMsPerMessage: round(cpuMs / messages.length, 2),
+      turnaroundSplitMs: turnaroundSplit(messages),
+    };
+    log(
+      `  ${result.perSecond} msg/s (${round(perMailbox.meanShare * 100)}% of the ceiling per mailbox), ${result.count432} x 432`,
+    );
+    return result;
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()));
+  }
 }
 
 interface DeliveryEnv {
@@ -480,9 +586,8 @@ interface DeliveryResult {
   longestStallMs: number;
   /** Per message on a connection, ms beyond the upstream's 50 ms: from one 250 to the next, minus 50. */
   turnaroundMs: { p50: number; p90: number; p99: number; max: number };
-  /** The two parts of turnaroundMs (p50/p90): 250 -> the next message's end of DATA (relay, envelope, body), and
-   * end of DATA -> 250 beyond the 50 ms (the fake upstream's own timer slack and processing). */
-  turnaroundSplitMs: { relay: { p50: number; p90: number }; upstream: { p50: number; p90: number } };
+  /** The parts of turnaroundMs; `client` is the relay's side. */
+  turnaroundSplitMs: TurnaroundSplit;
   /** Each relay process: CPU % of one core over the delivery, RSS now and peak, messages it delivered. */
   relayProcesses: {
     cpuPercent: number;
@@ -492,6 +597,8 @@ interface DeliveryResult {
     deferred: number;
   }[];
   redisCpuPercent: number;
+  /** Per delivered message: the relays' CPU (all processes together, ms) and the commands Redis ran. */
+  perMessage: { relayCpuMs: number; redisCommands: number };
   redis: RedisProbe;
   /** The benchmark process itself (fake upstream's TLS and SMTP), % of one core. */
   benchCpuPercent: number;
@@ -513,11 +620,7 @@ function mailboxName(run: number, index: number): string {
   return `mb${run}-${String(index).padStart(2, "0")}@contoso.bench`;
 }
 
-async function deliveryRun(
-  env: DeliveryEnv,
-  run: number,
-  spec: { relays: number; mailboxes: number; perMailbox: number; deadlineSeconds?: number },
-): Promise<DeliveryResult> {
+async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): Promise<DeliveryResult> {
   const mailboxes = Array.from({ length: spec.mailboxes }, (_, k) => mailboxName(run, k));
   const total = spec.mailboxes * spec.perMailbox;
   const prefix = `bench-d${run}`;
@@ -607,6 +710,7 @@ async function deliveryRun(
     syncDisks();
     const endProbe = await probeRedis(env.admin);
     const before = await sampleCpu(relays, env.redis.pid());
+    const commandsBefore = infoField(await env.admin.info("stats"), "total_commands_processed");
     const startedAt = Date.now();
     await Promise.all(queues.map((q) => q.resume()));
     // the relays' schedulers hear of ready mail by pub/sub (as from Spool.wake); they would otherwise find it by polling
@@ -624,6 +728,9 @@ async function deliveryRun(
     while (distinctCount() < queuedOk && Date.now() < deadline) await sleep(10);
     const timedOut = distinctCount() < queuedOk;
     const after = await sampleCpu(relays, env.redis.pid());
+    // less the two INFO calls of the benchmark itself
+    const redisCommands =
+      infoField(await env.admin.info("stats"), "total_commands_processed") - commandsBefore - 2;
     const redisClients = infoField(await env.admin.info("clients"), "connected_clients");
     const redisProbe = await endProbe();
     const wallMs = after.at - before.at;
@@ -637,18 +744,7 @@ async function deliveryRun(
     const steady =
       hi > lo ? (hi - lo) / (((times[hi] as number) - (times[lo] as number)) / 1000) : Number.NaN;
 
-    let longestStall = 0;
-    const rates = mailboxes.map((mailbox) => {
-      const mine = messages
-        .filter((m) => m.user === mailbox)
-        .map((m) => m.receivedAt)
-        .sort((a, b) => a - b);
-      mine.forEach((at, i) => {
-        longestStall = Math.max(longestStall, at - (i === 0 ? startedAt : (mine[i - 1] as number)));
-      });
-      const end = mine.at(-1) ?? startedAt;
-      return mine.length ? mine.length / ((end - startedAt) / 1000) : 0;
-    });
+    const { longestStall, perMailbox } = perMailboxRates(messages, mailboxes, startedAt);
     const byConnection = new Map<string, ReceivedMessage[]>();
     for (const m of messages) {
       const list = byConnection.get(m.connectionId) ?? [];
@@ -656,17 +752,14 @@ async function deliveryRun(
       byConnection.set(m.connectionId, list);
     }
     const gaps: number[] = [];
-    const relayParts: number[] = [];
-    const upstreamParts = messages.map((m) => m.receivedAt - m.dataEndedAt - REPLY_DELAY_MS);
     for (const list of byConnection.values()) {
       list.sort((a, b) => a.receivedAt - b.receivedAt);
       for (let i = 1; i < list.length; i++) {
         const [previous, next] = [list[i - 1] as ReceivedMessage, list[i] as ReceivedMessage];
         gaps.push(next.receivedAt - previous.receivedAt - REPLY_DELAY_MS);
-        relayParts.push(next.dataEndedAt - previous.receivedAt);
       }
     }
-    for (const list of [gaps, relayParts, upstreamParts]) list.sort((a, b) => a - b);
+    gaps.sort((a, b) => a - b);
     const auths = mailboxes.reduce((sum, m) => sum + env.upstream.authCount(m), 0);
     const stopCodes = await Promise.all(relays.map((r) => r.stop()));
     if (stopCodes.some((code) => code !== 0)) log(`  warning: relay exit codes ${stopCodes.join(", ")}`);
@@ -689,12 +782,7 @@ async function deliveryRun(
       totalPerSecond: round(messages.length / seconds),
       steadyPerSecond: round(steady),
       ceilingPerSecond: ceiling,
-      perMailbox: {
-        meanPerSecond: round(rates.reduce((a, b) => a + b, 0) / rates.length),
-        minPerSecond: round(Math.min(...rates)),
-        meanShare: round(rates.reduce((a, b) => a + b, 0) / rates.length / CEILING_PER_MAILBOX, 3),
-        minShare: round(Math.min(...rates) / CEILING_PER_MAILBOX, 3),
-      },
+      perMailbox,
       steadyShare: round(steady / ceiling, 3),
       upstreamConnections: env.upstream.connectionCount(),
       authentications: auths,
@@ -708,10 +796,7 @@ async function deliveryRun(
         p99: round(percentile(gaps, 99)),
         max: round(gaps.at(-1) ?? Number.NaN),
       },
-      turnaroundSplitMs: {
-        relay: { p50: round(percentile(relayParts, 50)), p90: round(percentile(relayParts, 90)) },
-        upstream: { p50: round(percentile(upstreamParts, 50)), p90: round(percentile(upstreamParts, 90)) },
-      },
+      turnaroundSplitMs: turnaroundSplit(messages),
       relayProcesses: relays.map((_, i) => {
         const a = before.relays[i] as ProcessStats;
         const b = after.relays[i] as ProcessStats;
@@ -725,6 +810,14 @@ async function deliveryRun(
         };
       }),
       redisCpuPercent: pct(after.redisMs - before.redisMs, wallMs),
+      perMessage: {
+        relayCpuMs: round(
+          after.relays.reduce((sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs, 0) /
+            messages.length,
+          2,
+        ),
+        redisCommands: round(redisCommands / messages.length, 1),
+      },
       redis: redisProbe,
       benchCpuPercent: pct(after.benchMs - before.benchMs, wallMs),
       otherCpuPercent: pct(
@@ -978,13 +1071,14 @@ function formatReport(report: {
     othersCpuPercentAtStart: number;
   };
   delivery: DeliveryResult[];
-  deliveryBareClient: BareClientResult | undefined;
+  /** The same runs without sluice (bareClientRun), in the order of `delivery`. */
+  deliveryWithoutSluice: BareClientResult[];
   ingest: IngestResult[];
   large: LargeResult | undefined;
   mailboxes500: DeliveryResult | undefined;
   backlog: BacklogResult | undefined;
 }): string {
-  const { machine, delivery, deliveryBareClient: bare, ingest, large, mailboxes500, backlog } = report;
+  const { machine, delivery, deliveryWithoutSluice: bare, ingest, large, mailboxes500, backlog } = report;
   const runLabel = (d: DeliveryResult) => `${d.relays} relay${d.relays > 1 ? "s" : ""}, ${d.mailboxes} mbx`;
   return [
     "",
@@ -1019,9 +1113,36 @@ function formatReport(report: {
         d.maxConcurrentPerMailbox,
       ]),
     ),
-    bare
-      ? `  without sluice: ${CONNECTIONS_PER_MAILBOX} bare nodemailer connections in the bench process, ${bare.messages} messages: ${bare.perSecond} msg/s (${round(bare.shareOfCeiling * 100)} % of the ceiling); 250->end of DATA p50/p90 ${bare.turnaroundSplitMs.client.p50}/${bare.turnaroundSplitMs.client.p90} ms, upstream beyond 50 ms ${bare.turnaroundSplitMs.upstream.p50}/${bare.turnaroundSplitMs.upstream.p90} ms`
-      : "",
+    "",
+    "The same runs without sluice: bare nodemailer connections (3 per mailbox) in as many processes as relays, no queue, no Redis",
+    table(
+      [
+        "run",
+        "msg/s",
+        "% of ceiling/mbx (mean, min)",
+        "msg/conn",
+        "432s",
+        "client CPU ms/msg",
+        "250->end of DATA p50/p90",
+        "= 250->MAIL",
+        "+ MAIL->354",
+        "+ body",
+        "upstream beyond 50 ms",
+      ],
+      bare.map((b) => [
+        `${b.processes} process${b.processes === 1 ? "" : "es"}, ${b.mailboxes} mbx`,
+        b.perSecond,
+        `${fmt(100 * b.perMailbox.meanShare)}, ${fmt(100 * b.perMailbox.minShare)}`,
+        b.messagesPerConnection,
+        b.count432,
+        b.clientCpuMsPerMessage,
+        spreadText(b.turnaroundSplitMs.client),
+        spreadText(b.turnaroundSplitMs.handoff),
+        spreadText(b.turnaroundSplitMs.envelope),
+        spreadText(b.turnaroundSplitMs.body),
+        spreadText(b.turnaroundSplitMs.upstream),
+      ]),
+    ),
     "",
     "Delivery: where the time goes, and resources (CPU % of one core over the delivery; 2 cores = 200 %)",
     table(
@@ -1031,8 +1152,13 @@ function formatReport(report: {
         "longest stall ms",
         "250->next 250 -50 ms p50/p90/p99",
         "of which 250->end of DATA p50/p90",
+        "= 250->MAIL",
+        "+ MAIL->354",
+        "+ body",
         "and upstream beyond 50 ms p50/p90",
         "relay CPU %",
+        "relay CPU ms/msg",
+        "redis cmds/msg",
         "relay peak RSS MB",
         "redis CPU %",
         "upstream+bench CPU %",
@@ -1044,9 +1170,14 @@ function formatReport(report: {
         d.firstMessageMs,
         d.longestStallMs,
         `${fmt(d.turnaroundMs.p50)}/${fmt(d.turnaroundMs.p90)}/${fmt(d.turnaroundMs.p99)}`,
-        `${fmt(d.turnaroundSplitMs.relay.p50)}/${fmt(d.turnaroundSplitMs.relay.p90)}`,
-        `${fmt(d.turnaroundSplitMs.upstream.p50)}/${fmt(d.turnaroundSplitMs.upstream.p90)}`,
+        spreadText(d.turnaroundSplitMs.client),
+        spreadText(d.turnaroundSplitMs.handoff),
+        spreadText(d.turnaroundSplitMs.envelope),
+        spreadText(d.turnaroundSplitMs.body),
+        spreadText(d.turnaroundSplitMs.upstream),
         d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
+        d.perMessage.relayCpuMs,
+        d.perMessage.redisCommands,
         d.relayProcesses.map((r) => r.maxRssMB).join(" + "),
         d.redisCpuPercent,
         d.benchCpuPercent,
@@ -1592,7 +1723,7 @@ async function main(): Promise<void> {
   const delivery: DeliveryResult[] = [];
   const failures: { relays: number; mailboxes: number; perMailbox: number; error: string }[] = [];
   let mailboxes500: DeliveryResult | undefined;
-  let bareClient: BareClientResult | undefined;
+  const withoutSluice: BareClientResult[] = [];
   if (RUN_DELIVERY || RUN_MAILBOXES500) {
     const redis = await startPrivateRedis({ appendOnly: true });
     const admin = new Redis(redis.url, { maxRetriesPerRequest: null });
@@ -1604,14 +1735,9 @@ async function main(): Promise<void> {
     });
     try {
       const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };
-      if (RUN_DELIVERY) {
-        bareClient = await bareClientRun(env, pki.ca, PLAN.bareClientPerConnection).catch((err: Error) => {
-          log(`  bare client failed: ${err.message}`);
-          return undefined;
-        });
-      }
       for (const [run, spec] of RUN_DELIVERY ? PLAN.delivery.entries() : []) {
         try {
+          withoutSluice.push(await bareClientRun(env, run, spec));
           delivery.push(await deliveryRun(env, run, spec));
         } catch (err) {
           log(`  failed: ${(err as Error).stack ?? err}`);
@@ -1665,7 +1791,7 @@ async function main(): Promise<void> {
     },
     targets: TARGETS,
     delivery,
-    deliveryBareClient: bareClient,
+    deliveryWithoutSluice: withoutSluice,
     deliveryFailures: failures,
     ingest,
     large,

@@ -4,6 +4,7 @@
  * `node bench/sink-worker.mjs` (spawned with an IPC channel): sends { type: "ready", port }.
  */
 import { SMTPServer } from "smtp-server";
+import { processStats } from "./worker-stats.mjs";
 
 const server = new SMTPServer({
   name: "sink.bench",
@@ -19,16 +20,7 @@ const server = new SMTPServer({
 });
 
 process.on("message", (message) => {
-  if (message?.type !== "stats") return;
-  const cpu = process.cpuUsage();
-  process.send?.({
-    type: "stats",
-    stats: {
-      cpuMs: (cpu.user + cpu.system) / 1000,
-      rss: process.memoryUsage.rss(),
-      maxRss: process.resourceUsage().maxRSS * 1024,
-    },
-  });
+  if (message?.type === "stats") process.send?.({ type: "stats", stats: processStats() });
 });
 process.once("SIGTERM", () => server.close(() => process.exit(0)));
 

@@ -1,4 +1,4 @@
-/** What the benchmark and its worker processes (relay-worker.mjs, sink-worker.mjs) say over IPC. */
+/** What the benchmark and its worker processes (relay-worker.mjs, sink-worker.mjs, bare-client-worker.mjs) say over IPC. */
 
 export interface ProcessStats {
   /** CPU time since the process started, ms (user + system). */
@@ -9,4 +9,9 @@ export interface ProcessStats {
   maxRss: number;
 }
 
-export type WorkerMessage = { type: "ready"; port: number } | { type: "stats"; stats?: ProcessStats };
+export type WorkerMessage =
+  | { type: "ready"; port: number }
+  | { type: "stats"; stats?: ProcessStats }
+  /** bare-client-worker.mjs: start sending; and its answer once every message is sent. */
+  | { type: "go" }
+  | { type: "done" };

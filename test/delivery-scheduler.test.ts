@@ -64,6 +64,17 @@ async function send(relay: TestRelay, i: number, subject: string): Promise<void>
   expect(result.code).toBe(250);
 }
 
+/** Queues `count` messages for app0@ (subjects backlog-0 ..) over one submission session. */
+async function queueBacklog(relay: TestRelay, count: number): Promise<void> {
+  const session = await openSubmission({ port: relay.port, startTls: false });
+  const to = ["reader@example.org"];
+  for (let k = 0; k < count; k++) {
+    const raw = buildMessage({ from: mailboxOf(0), to, subject: `backlog-${k}` });
+    expect((await session.send({ from: mailboxOf(0), to }, raw)).code).toBe(250);
+  }
+  await session.close();
+}
+
 /** Most messages whose end of DATA and 250 overlapped in time: deliveries in progress at once upstream. */
 function mostAtOnce(messages: ReceivedMessage[]): number {
   const edges = messages.flatMap((m) => [
@@ -140,13 +151,7 @@ describe("one delivery scheduler per process", () => {
       ...appsConfig(2, upstream),
     });
     try {
-      const session = await openSubmission({ port: relay.port, startTls: false });
-      const to = ["reader@example.org"];
-      for (let k = 0; k < BACKLOG; k++) {
-        const raw = buildMessage({ from: mailboxOf(0), to, subject: `backlog-${k}` });
-        expect((await session.send({ from: mailboxOf(0), to }, raw)).code).toBe(250);
-      }
-      await session.close();
+      await queueBacklog(relay, BACKLOG);
       await upstream.waitForMessages(2, 30_000);
       await send(relay, 1, "other-mailbox");
       const delivered = await upstream.waitForMessages(BACKLOG + 1, 60_000);
@@ -208,6 +213,43 @@ describe("connection slots between processes", () => {
         ),
       ).toBe(true);
       expect(upstream.maxConcurrent(mailboxOf(0))).toBe(1);
+    } finally {
+      await Promise.all(relays.map((r) => r.stop()));
+      await upstream.stop();
+    }
+  }, 180_000);
+});
+
+describe("a relay refused a connection slot", () => {
+  it("takes on only as many of the mailbox's messages as its own connections serve, leaving the rest to the relays that hold the slots", async () => {
+    const COUNT = 150;
+    const upstream = await startUpstream(1, 100);
+    const shared = { redis: redisUrl, redisPrefix: uniquePrefix(), ...appsConfig(1, upstream) };
+    const relays = [await startTestRelay(shared), await startTestRelay(shared)];
+    const [first] = relays as [TestRelay, TestRelay];
+    const queue = first.spool.queue(mailboxOf(0));
+    try {
+      // the backlog is queued first; then both relays go for the mailbox's 3 slots at once
+      await queue.pause();
+      await queueBacklog(first, COUNT);
+      await queue.resume();
+      first.spool.wake(mailboxOf(0));
+      // once the slots are shared out (a few deliveries), the messages locked by the two relays at once
+      await upstream.waitForMessages(15, 30_000);
+      let mostActive = 0;
+      while (upstream.messages.length < COUNT - 10) {
+        mostActive = Math.max(mostActive, await queue.getActiveCount());
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      await upstream.waitForMessages(COUNT, 60_000);
+      console.info(`two relays sharing 3 slots: at most ${mostActive} messages locked at once`);
+      // twice its connections each, and one for a relay with none: at most 7. Without it, each relay keeps
+      // 2 x 3 locked whatever slots it holds (12), and those beyond its connections wait behind them
+      expect(mostActive).toBeLessThanOrEqual(7);
+      expect(upstream.maxConcurrent(mailboxOf(0))).toBe(3);
+      expect(
+        new Set(upstream.messages.map((m) => m.raw.toString("latin1").match(/backlog-\d+/)?.[0])).size,
+      ).toBe(COUNT);
     } finally {
       await Promise.all(relays.map((r) => r.stop()));
       await upstream.stop();

@@ -36,10 +36,20 @@ const STARVED_EVERY_MS = 250;
 
 /** Every connection slot of the mailbox is in use somewhere in the cluster: try again shortly. */
 export class NoConnectionSlot extends Error {
-  constructor() {
+  constructor(
+    /** Given up at once (AcquireOptions.giveUpWhenRefused): the message is for the processes that hold the slots. */
+    readonly givenUp = false,
+  ) {
     super("every upstream connection slot of the mailbox is in use");
     this.name = "NoConnectionSlot";
   }
+}
+
+export interface AcquireOptions {
+  /** How many of this pool's connections the caller may bring into use (bulk mail leaves one free). */
+  maxInUse?: () => number | Promise<number>;
+  /** Asked when every slot is taken elsewhere: true gives up at once (NoConnectionSlot) instead of waiting. */
+  giveUpWhenRefused?: () => boolean;
 }
 
 interface Pooled {
@@ -64,12 +74,20 @@ export class ConnectionPool {
   private closed = false;
   /** acquire() calls waiting for a connection of this pool to come back. */
   private readonly waiters: (() => void)[] = [];
+  /** When onStarved was last called. */
   private starvedAt = 0;
+  /** When a lease was last refused (every slot of the mailbox taken somewhere). */
+  private refusedAt = 0;
 
   constructor(private readonly options: ConnectionPoolOptions) {}
 
   get size(): number {
     return this.idle.length + this.busy.size + this.opening;
+  }
+
+  /** A lease was refused within the last `ms`: the mailbox's other slots are held by other processes. */
+  starvedWithin(ms: number): boolean {
+    return Date.now() - this.refusedAt < ms;
   }
 
   /** Connections sending or being opened right now (not idle). */
@@ -81,10 +99,8 @@ export class ConnectionPool {
    * An idle connection, or a new one under a fresh lease; when all of this pool's connections are busy, waits
    * (up to leaseWaitMs) for one to come back. Throws NoConnectionSlot, or the upstream's error.
    */
-  async acquire(
-    /** How many of this pool's connections the caller may bring into use (bulk mail leaves one free). */
-    maxInUse: () => number | Promise<number> = () => this.options.maxConnections,
-  ): Promise<UpstreamConnection> {
+  async acquire(wants: AcquireOptions = {}): Promise<UpstreamConnection> {
+    const maxInUse = wants.maxInUse ?? (() => this.options.maxConnections);
     const until = Date.now() + this.options.leaseWaitMs;
     for (;;) {
       const allowed = await maxInUse();
@@ -116,6 +132,7 @@ export class ConnectionPool {
           const leasedAt = Date.now();
           const leaseId = await this.options.lease.acquire();
           if (leaseId) return await this.openUnder(leaseId, leasedAt);
+          this.refusedAt = leasedAt;
           if (this.options.onStarved && leasedAt - this.starvedAt >= STARVED_EVERY_MS) {
             this.starvedAt = leasedAt;
             this.options.onStarved();
@@ -123,6 +140,7 @@ export class ConnectionPool {
         } finally {
           this.opening--;
         }
+        if (wants.giveUpWhenRefused?.()) throw new NoConnectionSlot(true);
       }
       if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
       // wake when one of ours comes back, or try for a lease again shortly (another process may free one)

@@ -5,7 +5,7 @@ import type { Logger } from "../logger.js";
 export interface DeliveryLane {
   /** The queue name: what wakes are addressed to. */
   readonly name: string;
-  /** Deliveries this lane may have in progress at once in this process. */
+  /** Deliveries this lane may have in progress at once in this process (it may change from one look to the next). */
   readonly capacity: number;
   /**
    * Locks the next ready job and delivers it; resolves when the turn is over. `found()` is called as soon as a
@@ -172,8 +172,13 @@ export class DeliveryScheduler {
         state.dueAt = 0;
         this.schedule();
       },
-      // at the process's limit with other lanes due, the turn ends and its slot goes round
-      more: () => !this.closed && !(this.active >= this.options.concurrency && this.othersDue(state)),
+      // at the process's limit with other lanes due, the turn ends and its slot goes round; a lane whose
+      // capacity went down ends turns until it is within it, and one whose capacity went up gets more
+      more: () => {
+        if (this.closed || state.active > state.lane.capacity) return false;
+        if (this.eligible(state, Date.now())) this.schedule();
+        return !(this.active >= this.options.concurrency && this.othersDue(state));
+      },
     };
     state.lane
       .turn(token, calls)

@@ -62,6 +62,9 @@ class RecipientsDeferred extends Error {
  */
 const SLOT_YIELD_IDLE_MS = 250;
 
+/** A process that was refused a slot this recently (ms) takes on only as many jobs as its connections serve. */
+const SLOT_STARVED_MS = 1_000;
+
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
 /**
@@ -93,11 +96,12 @@ export class MailboxDispatcher implements DeliveryLane {
   private readonly logger: Logger;
   /** Interactive jobs of this process waiting in acquireConnection(). */
   private interactiveAcquiring = 0;
+  /** Jobs of this mailbox being delivered in this process (in deliver()). */
+  private delivering = 0;
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
   readonly name: string;
-  readonly capacity: number;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
     const { mailbox, limits, upstream, spool, retry, leases } = options;
@@ -119,8 +123,6 @@ export class MailboxDispatcher implements DeliveryLane {
       onStarved: () => spool.wantSlot(mailbox),
     });
     this.name = spool.queueName(mailbox);
-    // twice the connections: while one job does its Redis bookkeeping, another already uses the connection
-    this.capacity = limits.connections * 2;
     this.worker = new LaneWorker(
       this.name,
       (job, token) => this.deliver(job, token),
@@ -175,9 +177,27 @@ export class MailboxDispatcher implements DeliveryLane {
     calls.found();
     let job: Job<MessageJob> | undefined = taken.job;
     while (job) {
-      job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
+      this.delivering++;
+      try {
+        job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
+      } finally {
+        this.delivering--;
+      }
     }
     return { dueAt: 0 };
+  }
+
+  /**
+   * Deliveries this process takes on for the mailbox at once: twice its connections, so that while one job
+   * does its Redis bookkeeping the next already uses the connection. While other processes hold the
+   * mailbox's other slots, twice the connections this process has (at least one job, to ask for a slot):
+   * the rest of the queue is left to the processes that hold them, instead of waiting here behind too few
+   * connections (and at the end of a backlog, for their idle connections to be handed over).
+   */
+  get capacity(): number {
+    const full = this.options.limits.connections * 2;
+    if (!this.pool.starvedWithin(SLOT_STARVED_MS)) return full;
+    return Math.min(full, Math.max(1, 2 * this.pool.size));
   }
 
   slotWanted(): void {
@@ -332,7 +352,9 @@ export class MailboxDispatcher implements DeliveryLane {
         await budget.refund(mailbox, takeId).catch(() => {});
         if (err instanceof NoConnectionSlot) {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
-          return this.hold(job, token, jitter(500));
+          if (!err.givenUp) return this.hold(job, token, jitter(500));
+          // given up for the processes that hold the slots: ready for them at once, and they are told
+          return this.hold(job, token, 0).finally(() => this.options.spool.wake(this.options.mailbox));
         }
         if (err instanceof TokenUnavailable) {
           this.logger.warn(
@@ -412,17 +434,24 @@ export class MailboxDispatcher implements DeliveryLane {
     return (await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0;
   }
 
-  /** A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits. */
+  /**
+   * A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits. While
+   * other processes hold the mailbox's other slots, a job beyond this process's share (capacity) gives up
+   * at once and goes back to the queue for them, instead of waiting here for leaseWaitMs.
+   */
   private async acquireConnection(job: Job<MessageJob>): Promise<UpstreamConnection> {
     const { connections } = this.options.limits;
+    const giveUpWhenRefused = () => this.delivering > this.capacity;
     if (job.data.priority === "bulk") {
-      return this.pool.acquire(async () =>
-        connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
-      );
+      return this.pool.acquire({
+        maxInUse: async () =>
+          connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
+        giveUpWhenRefused,
+      });
     }
     this.interactiveAcquiring++;
     try {
-      return await this.pool.acquire();
+      return await this.pool.acquire({ giveUpWhenRefused });
     } finally {
       this.interactiveAcquiring--;
     }

@@ -63,6 +63,11 @@ export interface ReceivedMessage {
   dataEndedAt: number;
   /** When the fake answered 250. */
   receivedAt: number;
+  /**
+   * The same transaction in performance.now() milliseconds (sub-millisecond, the bench's clock): MAIL FROM
+   * read, 354 sent (DATA started), end of DATA read, 250 sent.
+   */
+  timing: { mailFrom: number; dataStart: number; dataEnd: number; replied: number };
 }
 
 /** How refuseConnections() turns new connections away. */
@@ -118,6 +123,8 @@ interface ConnectionState {
   overLimit: boolean;
   /** Counted in the mailbox's open connections. */
   counted: boolean;
+  /** performance.now() when the current transaction's MAIL FROM was read. */
+  mailFromAt?: number;
 }
 
 interface UserStats {
@@ -403,6 +410,8 @@ class FakeExchange implements FakeUpstream {
     session: SMTPServerSession,
     callback: (err?: Error | null) => void,
   ): void {
+    const state = this.connections.get(session.id);
+    if (state) state.mailFromAt = performance.now();
     const tx = { mailFrom: address.address, rcptTo: [], user: String(session.user) };
     this.runStage("mail", tx, session, callback);
   }
@@ -424,11 +433,14 @@ class FakeExchange implements FakeUpstream {
     session: SMTPServerSession,
     callback: (err?: Error | null, message?: string) => void,
   ): void {
+    const dataStart = performance.now();
+    const mailFrom = this.connections.get(session.id)?.mailFromAt ?? dataStart;
     const chunks: Buffer[] = [];
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
     stream.on("error", () => undefined); // the client went away mid-message: nothing to answer
     stream.on("end", () => {
       const dataEndedAt = Date.now();
+      const dataEnd = performance.now();
       const tx = this.transaction(session);
       if (stream.sizeExceeded) {
         this.reject(tx, session, EXCHANGE_REPLIES.messageTooBig, callback);
@@ -457,6 +469,7 @@ class FakeExchange implements FakeUpstream {
             tls: session.secure,
             dataEndedAt,
             receivedAt: Date.now(),
+            timing: { mailFrom, dataStart, dataEnd, replied: performance.now() },
           };
           this.messages.push(message);
           this.events.emit("message", message);
