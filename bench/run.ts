@@ -16,7 +16,8 @@
  *
  * `npm run bench` (full: an estimated 6-7 minutes on 2 cores, not timed; 500 mailboxes alone take 1-2)
  * writes bench/results/latest.json. Options (results then go to latest-partial.json): `--quick` (about
- * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`,
+ * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
+ * relays x mailboxes),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
  * The relays run from dist/ (npm run bench builds first).
@@ -58,6 +59,10 @@ import { childPid, machineCpuMs, procCpuMs, procRss, startWorker, type Worker } 
 import type { ProcessStats, WorkerMessage } from "./worker-ipc.js";
 
 const QUICK = process.argv.includes("--quick");
+/** `--runs 2x1,1x10`: only these delivery runs (relays x mailboxes), for development. */
+const RUNS = process.argv.includes("--runs")
+  ? (process.argv[process.argv.indexOf("--runs") + 1] ?? "").split(",")
+  : undefined;
 const KEEP = process.argv.includes("--keep");
 /** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
 const ONLY = process.argv[process.argv.indexOf("--only") + 1] as
@@ -711,6 +716,7 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     const endProbe = await probeRedis(env.admin);
     const before = await sampleCpu(relays, env.redis.pid());
     const commandsBefore = infoField(await env.admin.info("stats"), "total_commands_processed");
+    const commandStatsBefore = commandCalls(await env.admin.info("commandstats"));
     const startedAt = Date.now();
     await Promise.all(queues.map((q) => q.resume()));
     // the relays' schedulers hear of ready mail by pub/sub (as from Spool.wake); they would otherwise find it by polling
@@ -731,6 +737,13 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     // less the two INFO calls of the benchmark itself
     const redisCommands =
       infoField(await env.admin.info("stats"), "total_commands_processed") - commandsBefore - 2;
+    const commandStats = commandCalls(await env.admin.info("commandstats"));
+    const busiest = [...commandStats]
+      .map(([name, calls]) => [name, calls - (commandStatsBefore.get(name) ?? 0)] as const)
+      .filter(([, calls]) => calls > 0)
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 10);
+    log(`  Redis commands per message: ${busiest.map(([n, c]) => `${n} ${round(c / total, 1)}`).join(", ")}`);
     const redisClients = infoField(await env.admin.info("clients"), "connected_clients");
     const redisProbe = await endProbe();
     const wallMs = after.at - before.at;
@@ -1276,6 +1289,13 @@ function watchRss(pids: (number | undefined)[], everyMs = 50): { stop(): number[
   };
 }
 
+/** INFO commandstats as command -> calls (commands run inside scripts count too). */
+function commandCalls(info: string): Map<string, number> {
+  const calls = new Map<string, number>();
+  for (const match of info.matchAll(/^cmdstat_(\S+):calls=(\d+)/gm)) calls.set(match[1] as string, Number(match[2]));
+  return calls;
+}
+
 const infoField = (info: string, field: string) =>
   Number(new RegExp(`^${field}:(\\S+)`, "m").exec(info)?.[1] ?? Number.NaN);
 
@@ -1736,6 +1756,7 @@ async function main(): Promise<void> {
     try {
       const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };
       for (const [run, spec] of RUN_DELIVERY ? PLAN.delivery.entries() : []) {
+        if (RUNS && !RUNS.includes(`${spec.relays}x${spec.mailboxes}`)) continue;
         try {
           withoutSluice.push(await bareClientRun(env, run, spec));
           delivery.push(await deliveryRun(env, run, spec));

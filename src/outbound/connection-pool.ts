@@ -33,11 +33,13 @@ export interface ConnectionPoolOptions {
 }
 
 const STARVED_EVERY_MS = 250;
+/** A pool that holds connections asks for another lease at most this often (ms) while leases are refused. */
+const REFUSED_ASK_EVERY_MS = 250;
 
 /** Every connection slot of the mailbox is in use somewhere in the cluster: try again shortly. */
 export class NoConnectionSlot extends Error {
   constructor(
-    /** Given up at once (AcquireOptions.giveUpWhenRefused): the message is for the processes that hold the slots. */
+    /** Given up at once (see acquire): the message is for the processes that hold the slots. */
     readonly givenUp = false,
   ) {
     super("every upstream connection slot of the mailbox is in use");
@@ -48,8 +50,6 @@ export class NoConnectionSlot extends Error {
 export interface AcquireOptions {
   /** How many of this pool's connections the caller may bring into use (bulk mail leaves one free). */
   maxInUse?: () => number | Promise<number>;
-  /** Asked when every slot is taken elsewhere: true gives up at once (NoConnectionSlot) instead of waiting. */
-  giveUpWhenRefused?: () => boolean;
 }
 
 interface Pooled {
@@ -76,6 +76,8 @@ export class ConnectionPool {
   private readonly waiters: (() => void)[] = [];
   /** When onStarved was last called. */
   private starvedAt = 0;
+  /** acquire() calls that have no connection yet. */
+  private waiting = 0;
   /** When a lease was last refused (every slot of the mailbox taken somewhere). */
   private refusedAt = 0;
 
@@ -100,6 +102,15 @@ export class ConnectionPool {
    * (up to leaseWaitMs) for one to come back. Throws NoConnectionSlot, or the upstream's error.
    */
   async acquire(wants: AcquireOptions = {}): Promise<UpstreamConnection> {
+    this.waiting++;
+    try {
+      return await this.waitForConnection(wants);
+    } finally {
+      this.waiting--;
+    }
+  }
+
+  private async waitForConnection(wants: AcquireOptions): Promise<UpstreamConnection> {
     const maxInUse = wants.maxInUse ?? (() => this.options.maxConnections);
     const until = Date.now() + this.options.leaseWaitMs;
     for (;;) {
@@ -126,7 +137,10 @@ export class ConnectionPool {
         }
         this.discard(pooled);
       }
-      if (this.size < this.options.maxConnections) {
+      // refused a moment ago while holding connections of our own: wait for one of them rather than ask Redis
+      // again at every turn (a slot another process frees is still found within REFUSED_ASK_EVERY_MS)
+      const askAgainAt = this.size > 0 ? this.refusedAt + REFUSED_ASK_EVERY_MS : 0;
+      if (this.size < this.options.maxConnections && Date.now() >= askAgainAt) {
         this.opening++;
         try {
           const leasedAt = Date.now();
@@ -140,11 +154,15 @@ export class ConnectionPool {
         } finally {
           this.opening--;
         }
-        if (wants.giveUpWhenRefused?.()) throw new NoConnectionSlot(true);
+        // more callers wait here (besides those opening a connection of their own) than this pool has
+        // connections to serve them, one each (at least one may wait and ask again): the other slots are busy
+        // elsewhere, so the message goes back to the queue for the processes that hold them
+        if (this.waiting - this.opening > Math.max(1, this.size)) throw new NoConnectionSlot(true);
       }
       if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
       // wake when one of ours comes back, or try for a lease again shortly (another process may free one)
-      await this.nextRelease(Math.min(until - Date.now(), 50 + Math.random() * 100));
+      const retryIn = Math.max(50 + Math.random() * 100, this.refusedAt + REFUSED_ASK_EVERY_MS - Date.now());
+      await this.nextRelease(Math.min(until - Date.now(), retryIn));
     }
   }
 

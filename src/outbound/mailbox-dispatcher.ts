@@ -96,8 +96,6 @@ export class MailboxDispatcher implements DeliveryLane {
   private readonly logger: Logger;
   /** Interactive jobs of this process waiting in acquireConnection(). */
   private interactiveAcquiring = 0;
-  /** Jobs of this mailbox being delivered in this process (in deliver()). */
-  private delivering = 0;
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -177,12 +175,7 @@ export class MailboxDispatcher implements DeliveryLane {
     calls.found();
     let job: Job<MessageJob> | undefined = taken.job;
     while (job) {
-      this.delivering++;
-      try {
-        job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
-      } finally {
-        this.delivering--;
-      }
+      job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
     }
     return { dueAt: 0 };
   }
@@ -436,22 +429,20 @@ export class MailboxDispatcher implements DeliveryLane {
 
   /**
    * A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits. While
-   * other processes hold the mailbox's other slots, a job beyond this process's share (capacity) gives up
-   * at once and goes back to the queue for them, instead of waiting here for leaseWaitMs.
+   * other processes hold the mailbox's other slots, a job that this process's connections cannot serve soon
+   * gives up at once (NoConnectionSlot.givenUp) and goes back to the queue for them.
    */
   private async acquireConnection(job: Job<MessageJob>): Promise<UpstreamConnection> {
     const { connections } = this.options.limits;
-    const giveUpWhenRefused = () => this.delivering > this.capacity;
     if (job.data.priority === "bulk") {
       return this.pool.acquire({
         maxInUse: async () =>
           connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
-        giveUpWhenRefused,
       });
     }
     this.interactiveAcquiring++;
     try {
-      return await this.pool.acquire({ giveUpWhenRefused });
+      return await this.pool.acquire();
     } finally {
       this.interactiveAcquiring--;
     }
