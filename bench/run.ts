@@ -1758,7 +1758,7 @@ async function main(): Promise<void> {
       for (const [run, spec] of RUN_DELIVERY ? PLAN.delivery.entries() : []) {
         if (RUNS && !RUNS.includes(`${spec.relays}x${spec.mailboxes}`)) continue;
         try {
-          withoutSluice.push(await bareClientRun(env, run, spec));
+          if (!process.argv.includes("--no-bare")) withoutSluice.push(await bareClientRun(env, run, spec));
           delivery.push(await deliveryRun(env, run, spec));
         } catch (err) {
           log(`  failed: ${(err as Error).stack ?? err}`);
