@@ -4,7 +4,8 @@
  * 1. Delivery at the connection-cap ceiling: two relay processes (and, for comparison, one) sharing one
  *    Redis (append-only, fsync always) deliver a queued backlog to a fake Office 365 (STARTTLS, AUTH, 50 ms
  *    per message, 432 beyond 3 connections per mailbox). Ceiling: 3 connections / 50 ms = 60 msg/s per
- *    mailbox.
+ *    mailbox. Each run is preceded by the same messages sent without sluice (bare nodemailer connections
+ *    from as many processes: bench/bare-client-worker.mjs), the floor on this machine (`--no-bare` skips it).
  * 2. Ingest: 50 clients, one reused connection each, 10 KB messages, into one relay whose mail is held
  *    (no mailbox configured, so nothing is delivered); the same clients against a trivial sink for their
  *    own ceiling.
@@ -17,7 +18,7 @@
  * `npm run bench` (full: an estimated 6-7 minutes on 2 cores, not timed; 500 mailboxes alone take 1-2)
  * writes bench/results/latest.json. Options (results then go to latest-partial.json): `--quick` (about
  * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
- * relays x mailboxes),
+ * relays x mailboxes), `--no-bare`,
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
  * The relays run from dist/ (npm run bench builds first).
