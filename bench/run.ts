@@ -601,6 +601,8 @@ interface DeliveryResult {
     maxRssMB: number;
     delivered: number;
     deferred: number;
+    /** The relay's event loop delay over the delivery. */
+    loopDelayMs: ProcessStats["loopDelayMs"];
   }[];
   redisCpuPercent: number;
   /** Per delivered message: the relays' CPU (all processes together, ms) and the commands Redis ran. */
@@ -821,6 +823,7 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
           maxRssMB: mb(b.maxRss),
           delivered: scan.events.delivered ?? 0,
           deferred: scan.events.deferred ?? 0,
+          loopDelayMs: b.loopDelayMs,
         };
       }),
       redisCpuPercent: pct(after.redisMs - before.redisMs, wallMs),
@@ -1172,6 +1175,7 @@ function formatReport(report: {
         "and upstream beyond 50 ms p50/p90",
         "relay CPU %",
         "relay CPU ms/msg",
+        "relay loop delay p99/max ms",
         "redis cmds/msg",
         "relay peak RSS MB",
         "redis CPU %",
@@ -1191,6 +1195,7 @@ function formatReport(report: {
         spreadText(d.turnaroundSplitMs.upstream),
         d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
         d.perMessage.relayCpuMs,
+        d.relayProcesses.map((r) => `${r.loopDelayMs.p99}/${r.loopDelayMs.max}`).join(" + "),
         d.perMessage.redisCommands,
         d.relayProcesses.map((r) => r.maxRssMB).join(" + "),
         d.redisCpuPercent,
@@ -1293,7 +1298,8 @@ function watchRss(pids: (number | undefined)[], everyMs = 50): { stop(): number[
 /** INFO commandstats as command -> calls (commands run inside scripts count too). */
 function commandCalls(info: string): Map<string, number> {
   const calls = new Map<string, number>();
-  for (const match of info.matchAll(/^cmdstat_(\S+):calls=(\d+)/gm)) calls.set(match[1] as string, Number(match[2]));
+  for (const match of info.matchAll(/^cmdstat_(\S+):calls=(\d+)/gm))
+    calls.set(match[1] as string, Number(match[2]));
   return calls;
 }
 

@@ -7,6 +7,8 @@ export interface ProcessStats {
   rss: number;
   /** Peak resident set size, bytes. */
   maxRss: number;
+  /** How late the event loop ran since the previous stats (1 ms resolution, so p50 reads about 1 ms when idle). */
+  loopDelayMs: { p50: number; p99: number; max: number };
 }
 
 export type WorkerMessage =
