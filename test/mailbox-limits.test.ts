@@ -72,6 +72,10 @@ describe("recipient batching", () => {
     expect(new Set(fx.upstream.messages.flatMap((m) => m.rcptTo)).size).toBe(1200);
     await waitFor(() => r.logs.some((l) => l.event === "delivered"), 10_000, "delivered log line");
     expect(r.logs.find((l) => l.event === "delivered")?.attempt).toBe(1);
+    // several batches: a line for each, with its reply
+    const batches = r.logs.filter((l) => l.event === "batch-delivered");
+    expect(batches.map((l) => l.accepted)).toEqual([500, 500, 200]);
+    expect(batches.every((l) => /^250 /.test(String(l.reply)))).toBe(true);
   });
 
   it("retries only recipients deferred with 4xx, records 5xx refusals, and never resends accepted ones", async () => {
@@ -95,6 +99,10 @@ describe("recipient batching", () => {
     expect(fx.upstream.messages.map((m) => m.rcptTo)).toEqual([["ok@example.com"], ["later@example.com"]]);
     await waitFor(() => r.logs.some((l) => l.event === "delivered"), 10_000, "delivered log line");
     expect(r.logs.find((l) => l.event === "delivered")).toMatchObject({ delivered: 2, refused: 1 });
+    // the first attempt left a recipient for a retry: its batch has a line; the retry went in one batch, whose
+    // reply is on the delivered line alone
+    expect(r.logs.filter((l) => l.event === "batch-delivered").map((l) => l.attempt)).toEqual([1]);
+    expect(String(r.logs.find((l) => l.event === "delivered")?.reply)).toMatch(/^250 /);
   });
 });
 

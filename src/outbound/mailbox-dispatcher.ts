@@ -263,6 +263,8 @@ export class MailboxDispatcher implements DeliveryLane {
       return;
     }
     const deferred: string[] = [];
+    let batches = 0;
+    let lastReply: string | undefined;
     while (job.data.recipients.length) {
       // asked again before every batch: interactive mail queued while a newsletter's batches go out gets the
       // minute's last unit
@@ -341,17 +343,22 @@ export class MailboxDispatcher implements DeliveryLane {
           ],
           deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
         });
-        this.logger.info(
-          {
-            ...log(),
-            event: "batch-delivered",
-            reply: result.response,
-            accepted: result.accepted.length,
-            refused: refusedNow.length,
-            deferred: deferredNow.length,
-          },
-          "upstream accepted the message",
-        );
+        lastReply = result.response;
+        // a message that goes in one batch gets one line (delivered, with the reply); one in several, or with
+        // recipients left for a retry, one per batch as well
+        if (++batches > 1 || job.data.recipients.length || deferredNow.length) {
+          this.logger.info(
+            {
+              ...log(),
+              event: "batch-delivered",
+              reply: result.response,
+              accepted: result.accepted.length,
+              refused: refusedNow.length,
+              deferred: deferredNow.length,
+            },
+            "upstream accepted the batch",
+          );
+        }
       } catch (err) {
         await budget.refund(mailbox, takeId).catch(() => {});
         if (err instanceof NoConnectionSlot) {
@@ -414,6 +421,7 @@ export class MailboxDispatcher implements DeliveryLane {
       {
         ...log(),
         event: "delivered",
+        ...(lastReply ? { reply: lastReply } : {}),
         delivered: job.data.delivered.length,
         refused: job.data.refused.length,
       },
