@@ -1,8 +1,9 @@
 /**
  * The floor under the relay's delivery figures: nodemailer SMTPConnections with no queue and no Redis, as
  * their own OS process like a relay. `node bench/bare-client-worker.mjs <plan.json>` (spawned with an IPC
- * channel). The plan: { port, caFile, password, body, connections: [{ user, messages }] }. Each connection
- * does STARTTLS and AUTH, then sends its messages one after another (PIPELINING, as the relay's do). Says
+ * channel). The plan: { port, caFile, password, body, messagesPerConnection, connections: [{ user, messages }] }.
+ * Each connection does STARTTLS and AUTH, then sends its messages one after another (PIPELINING, as the
+ * relay's do), and is replaced by a new one after messagesPerConnection messages (as the relay does). Says
  * { type: "ready", port: 0 }, starts on { type: "go" } and answers { type: "done" } (or exits non-zero on an
  * error); answers { type: "stats" } like the relay worker.
  */
@@ -23,6 +24,12 @@ const secureContext = createSecureContext({ ca: readFileSync(plan.caFile, "utf8"
 const call = (start) => new Promise((resolve, reject) => start((err) => (err ? reject(err) : resolve())));
 
 async function sendAll({ user, messages }) {
+  for (let sent = 0; sent < messages; sent += plan.messagesPerConnection) {
+    await sendOnOneConnection(user, Math.min(plan.messagesPerConnection, messages - sent));
+  }
+}
+
+async function sendOnOneConnection(user, messages) {
   const connection = new SMTPConnection({
     host: "127.0.0.1",
     port: plan.port,

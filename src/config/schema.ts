@@ -226,7 +226,9 @@ const upstreamObjectSchema = z
       .number()
       .int()
       .positive()
-      .default(100)
+      // Postfix sets no such count by default, nodemailer's pool 100: every new connection is a TLS handshake and
+      // an AUTH, which at 100 cost 1.5-2.5 points of the connection-cap ceiling (docs/performance.md)
+      .default(1_000)
       .describe("close a connection and open a new one after this many messages"),
   })
   .strict();
