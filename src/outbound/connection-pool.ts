@@ -33,6 +33,8 @@ export interface ConnectionPoolOptions {
 }
 
 const STARVED_EVERY_MS = 250;
+/** A message that a pool with no connection gives back (every slot held elsewhere) is ready again after this (ms). */
+const GIVEN_BACK_DELAY_MS = 250;
 /** A pool that holds connections asks for another lease at most this often (ms) while leases are refused. */
 const REFUSED_ASK_EVERY_MS = 250;
 
@@ -41,6 +43,8 @@ export class NoConnectionSlot extends Error {
   constructor(
     /** Given up at once (see acquire): the message is for the processes that hold the slots. */
     readonly givenUp = false,
+    /** When the message should be tried again (ms): at once when this pool holds connections, shortly otherwise. */
+    readonly retryInMs = 0,
   ) {
     super("every upstream connection slot of the mailbox is in use");
     this.name = "NoConnectionSlot";
@@ -154,10 +158,12 @@ export class ConnectionPool {
         } finally {
           this.opening--;
         }
-        // more callers wait here (besides those opening a connection of their own) than this pool has
-        // connections to serve them, one each (at least one may wait and ask again): the other slots are busy
-        // elsewhere, so the message goes back to the queue for the processes that hold them
-        if (this.waiting - this.opening > Math.max(1, this.size)) throw new NoConnectionSlot(true);
+        // the other slots are busy elsewhere. With no connection here, or more callers waiting (besides those
+        // opening one of their own) than this pool's connections can serve, one each, the message goes back to
+        // the queue for the processes that hold the slots (their connections may be idle right now); without
+        // a connection here, after a moment, so that this process does not take it straight back
+        if (this.size === 0) throw new NoConnectionSlot(true, GIVEN_BACK_DELAY_MS);
+        if (this.waiting - this.opening > this.size) throw new NoConnectionSlot(true);
       }
       if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
       // wake when one of ours comes back, or try for a lease again shortly (another process may free one)

@@ -365,7 +365,9 @@ export class MailboxDispatcher implements DeliveryLane {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));
           // given up for the processes that hold the slots: ready for them at once, and they are told
-          return this.hold(job, token, 0).finally(() => this.options.spool.wake(this.options.mailbox));
+          return this.hold(job, token, err.retryInMs).finally(() =>
+            this.options.spool.wake(this.options.mailbox),
+          );
         }
         if (err instanceof TokenUnavailable) {
           this.logger.warn(

@@ -34,7 +34,8 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     await redis.quit();
   });
 
-  function poolWithOneSlot(leases: ConnectionLeases, asked: { count: number }): ConnectionPool {
+  /** A pool for MAILBOX (3 slots) whose lease requests are counted in `asked`. */
+  function countedPool(leases: ConnectionLeases, asked: { count: number }): ConnectionPool {
     const config = upstreamSchema.parse({ host: "127.0.0.1", port: upstream.port, ca: caFile });
     const tls = upstreamTlsOptions(config);
     return new ConnectionPool({
@@ -62,7 +63,7 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
     const asked = { count: 0 };
-    const pool = poolWithOneSlot(leases, asked);
+    const pool = countedPool(leases, asked);
     const body = buildMessage({ from: MAILBOX, to: ["reader@example.org"], subject: "pooled" });
     let sent = 0;
     const until = Date.now() + 2_000;
@@ -92,7 +93,7 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     const leases = new ConnectionLeases(redis, `test-${randomUUID()}`);
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
-    const pool = poolWithOneSlot(leases, { count: 0 });
+    const pool = countedPool(leases, { count: 0 });
     try {
       const first = await pool.acquire();
       const startedAt = Date.now();
@@ -108,6 +109,28 @@ describe("a connection pool whose mailbox's other slots are held by another proc
       pool.release(first, true);
       expect(await waiting).toBe(first);
       pool.release(first, true);
+    } finally {
+      await pool.close();
+    }
+  }, 30_000);
+
+  it("gives a message back at once, to be tried again shortly, when every slot is held elsewhere and it has no connection", async () => {
+    const leases = new ConnectionLeases(redis, `test-${randomUUID()}`);
+    for (let i = 0; i < 3; i++) expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
+    const asked = { count: 0 };
+    const pool = countedPool(leases, asked);
+    try {
+      const startedAt = Date.now();
+      const refusal = await pool.acquire().then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      // not after leaseWaitMs (5 s) of asking: the processes that hold the slots may have them idle right now
+      expect(refusal).toBeInstanceOf(NoConnectionSlot);
+      expect(refusal).toMatchObject({ givenUp: true });
+      expect((refusal as NoConnectionSlot).retryInMs).toBeGreaterThan(0);
+      expect(Date.now() - startedAt).toBeLessThan(4_000);
+      expect(asked.count).toBe(1);
     } finally {
       await pool.close();
     }
