@@ -257,6 +257,45 @@ describe("a relay refused a connection slot", () => {
   }, 180_000);
 });
 
+describe("a relay with no connection slot at all", () => {
+  it("gives the mailbox's messages back to the relay that holds the slots without spinning on the queue", async () => {
+    const COUNT = 60;
+    const upstream = await startUpstream(1, 100);
+    const shared = { redis: redisUrl, redisPrefix: uniquePrefix(), ...appsConfig(1, upstream) };
+    const holder = await startTestRelay(shared);
+    const admin = new Redis(redisUrl);
+    let other: TestRelay | undefined;
+    try {
+      await queueBacklog(holder, COUNT);
+      // the holder has all 3 slots busy before the other relay starts
+      await upstream.waitForMessages(3, 30_000);
+      other = await startTestRelay(shared);
+      const startedAt = Date.now();
+      await upstream.waitForMessages(COUNT, 60_000);
+      const seconds = (Date.now() - startedAt) / 1000;
+      // every message given back is a `delayed` event in the queue's BullMQ event stream
+      const events = await admin.xrange(
+        `${shared.redisPrefix}:${holder.spool.queueName(mailboxOf(0))}:events`,
+        "-",
+        "+",
+      );
+      const givenBack = events.filter(([, fields]) => fields[1] === "delayed").length;
+      console.info(
+        `a relay without a slot beside one with all 3: ${givenBack} messages given back in ${seconds.toFixed(1)} s`,
+      );
+      // at most one every 250 ms (and a few at the start); taking the next message at once after each one it
+      // gave back made it hundreds a second
+      expect(givenBack).toBeLessThanOrEqual(seconds * 4 + 10);
+      expect(upstream.maxConcurrent(mailboxOf(0))).toBe(3);
+    } finally {
+      await other?.stop();
+      await holder.stop();
+      admin.disconnect();
+      await upstream.stop();
+    }
+  }, 180_000);
+});
+
 describe("messages in flight in relays that died", () => {
   it("are delivered even when it happened to them twice (BullMQ's default would fail them at the second stall)", async () => {
     const upstream = await startUpstream(1);

@@ -8,6 +8,11 @@ export interface DeliveryLane {
   /** Deliveries this lane may have in progress at once in this process (it may change from one look to the next). */
   readonly capacity: number;
   /**
+   * Epoch ms before which the lane starts no turn, wakes or not (0: none): it just gave its mail back to other
+   * processes, and taking the next message at once would only give that back too.
+   */
+  readonly notBefore: number;
+  /**
    * Locks the next ready job and delivers it; resolves when the turn is over. `found()` is called as soon as a
    * job is locked; `more()` after each delivery: true lets the same turn take the lane's next job at once. When
    * no job was ready, `dueAt` says when the earliest held one is (0: none known).
@@ -134,7 +139,7 @@ export class DeliveryScheduler {
   }
 
   private eligible(state: LaneState, now: number): boolean {
-    return this.hasRoom(state) && state.dueAt <= now;
+    return this.hasRoom(state) && Math.max(state.dueAt, state.lane.notBefore) <= now;
   }
 
   /** Starts a turn for every lane that is due and has room, round-robin, while the process has room. */
@@ -175,7 +180,9 @@ export class DeliveryScheduler {
       // at the process's limit with other lanes due, the turn ends and its slot goes round; a lane whose
       // capacity went down ends turns until it is within it, and one whose capacity went up gets more
       more: () => {
-        if (this.closed || state.active > state.lane.capacity) return false;
+        // (asked by BullMQ after a held job too: a lane that backs off takes no next job until notBefore)
+        if (this.closed || state.active > state.lane.capacity || state.lane.notBefore > Date.now())
+          return false;
         if (this.eligible(state, Date.now())) this.schedule();
         return !(this.active >= this.options.concurrency && this.othersDue(state));
       },
@@ -214,7 +221,8 @@ export class DeliveryScheduler {
     if (this.active >= this.options.concurrency) return;
     let next = Number.POSITIVE_INFINITY;
     for (const state of this.order) {
-      if (this.hasRoom(state) && state.dueAt < next) next = state.dueAt;
+      const due = Math.max(state.dueAt, state.lane.notBefore);
+      if (this.hasRoom(state) && due < next) next = due;
     }
     if (Number.isFinite(next)) this.arm(next);
   }

@@ -107,6 +107,8 @@ export class MailboxDispatcher implements DeliveryLane {
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
+  /** See DeliveryLane.notBefore: set when a message is given back for want of a connection slot here. */
+  notBefore = 0;
   readonly name: string;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
@@ -365,6 +367,7 @@ export class MailboxDispatcher implements DeliveryLane {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));
           // given up for the processes that hold the slots: ready for them at once, and they are told
+          if (err.retryInMs > 0) this.notBefore = Date.now() + err.retryInMs;
           return this.hold(job, token, err.retryInMs).finally(() =>
             this.options.spool.wake(this.options.mailbox),
           );
