@@ -140,7 +140,11 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     const scheduler = new DeliveryScheduler({
       concurrency: config.deliveryConcurrency,
       subscriber: connections.create("worker"),
-      channels: { wake: spool.wakeChannel, slotWanted: spool.slotWantedChannel },
+      channels: {
+        wake: spool.wakeChannel,
+        givenBack: spool.givenBackChannel,
+        slotWanted: spool.slotWantedChannel,
+      },
       logger,
     });
     // one TLS context per upstream, shared by the mailboxes that use it

@@ -8,11 +8,6 @@ export interface DeliveryLane {
   /** Deliveries this lane may have in progress at once in this process (it may change from one look to the next). */
   readonly capacity: number;
   /**
-   * Epoch ms before which the lane starts no turn, wakes or not (0: none): it just gave its mail back to other
-   * processes, and taking the next message at once would only give that back too.
-   */
-  readonly notBefore: number;
-  /**
    * Locks the next ready job and delivers it; resolves when the turn is over. `found()` is called as soon as a
    * job is locked; `more()` after each delivery: true lets the same turn take the lane's next job at once. When
    * no job was ready, `dueAt` says when the earliest held one is (0: none known).
@@ -36,6 +31,11 @@ interface LaneState {
   dueAt: number;
   /** Wakes so far: one that comes while a look is under way may concern a job that look missed. */
   wakes: number;
+  /**
+   * Epoch ms before which the lane starts no turn and takes no next job (backOff): its next message would only
+   * be held again. A wake ends it; a nudge does not.
+   */
+  notBefore: number;
 }
 
 export interface DeliverySchedulerOptions {
@@ -45,8 +45,11 @@ export interface DeliverySchedulerOptions {
   pollIntervalMs?: number;
   /** A connection to put in subscriber mode for wakes from other processes; none: local wakes and polling only. */
   subscriber?: Redis;
-  /** Pub/sub channels: of wakes (Spool.wakeChannel) and of connection slots wanted (Spool.slotWantedChannel). */
-  channels: { wake: string; slotWanted: string };
+  /**
+   * Pub/sub channels: of wakes (Spool.wakeChannel), of messages given back (Spool.givenBackChannel) and of
+   * connection slots wanted (Spool.slotWantedChannel).
+   */
+  channels: { wake: string; givenBack: string; slotWanted: string };
   logger: Logger;
 }
 
@@ -77,30 +80,50 @@ export class DeliveryScheduler {
     if (subscriber) {
       subscriber.on("message", (from: string, name: string) => {
         if (from === channels.wake) this.wake(name);
+        else if (from === channels.givenBack) this.nudge(name);
         else if (from === channels.slotWanted && !this.closed) this.lanes.get(name)?.lane.slotWanted();
       });
       // a wake published while we were disconnected is lost: look at every lane once
       subscriber.on("ready", () => this.wakeAll());
-      subscriber.subscribe(channels.wake, channels.slotWanted).catch((err: Error) => {
+      subscriber.subscribe(channels.wake, channels.givenBack, channels.slotWanted).catch((err: Error) => {
         options.logger.warn({ err: err.message }, "cannot subscribe to queue wakes: polling only");
       });
     }
   }
 
   add(lane: DeliveryLane): void {
-    const state: LaneState = { lane, active: 0, probing: false, dueAt: 0, wakes: 0 };
+    const state: LaneState = { lane, active: 0, probing: false, dueAt: 0, wakes: 0, notBefore: 0 };
     this.lanes.set(lane.name, state);
     this.order.push(state);
     this.schedule();
   }
 
-  /** Something was queued for the lane (or made ready): look at it now. */
+  /** Something was queued for the lane (or made ready, or a pause lifted): look at it now, back-off or not. */
   wake(name: string): void {
+    const state = this.lanes.get(name);
+    if (!state) return;
+    state.notBefore = 0;
+    this.nudge(name);
+  }
+
+  /** A message of the lane was given back by a process without a slot: look at it now unless backing off. */
+  nudge(name: string): void {
     const state = this.lanes.get(name);
     if (!state) return;
     state.dueAt = 0;
     state.wakes++;
     this.schedule();
+  }
+
+  /**
+   * The lane's next message would only be held until `until` (epoch ms) as well (the mailbox's budget is spent,
+   * it is paused, or every slot is held elsewhere): no turn and no next job before then, unless a wake comes.
+   */
+  backOff(name: string, until: number): void {
+    const state = this.lanes.get(name);
+    if (!state) return;
+    state.notBefore = Math.max(state.notBefore, until);
+    this.arm(until);
   }
 
   /** The lane holds a message until `at` (epoch ms): look at it then at the latest. */
@@ -139,7 +162,7 @@ export class DeliveryScheduler {
   }
 
   private eligible(state: LaneState, now: number): boolean {
-    return this.hasRoom(state) && Math.max(state.dueAt, state.lane.notBefore) <= now;
+    return this.hasRoom(state) && Math.max(state.dueAt, state.notBefore) <= now;
   }
 
   /** Starts a turn for every lane that is due and has room, round-robin, while the process has room. */
@@ -181,8 +204,7 @@ export class DeliveryScheduler {
       // capacity went down ends turns until it is within it, and one whose capacity went up gets more
       more: () => {
         // (asked by BullMQ after a held job too: a lane that backs off takes no next job until notBefore)
-        if (this.closed || state.active > state.lane.capacity || state.lane.notBefore > Date.now())
-          return false;
+        if (this.closed || state.active > state.lane.capacity || state.notBefore > Date.now()) return false;
         if (this.eligible(state, Date.now())) this.schedule();
         return !(this.active >= this.options.concurrency && this.othersDue(state));
       },
@@ -221,7 +243,7 @@ export class DeliveryScheduler {
     if (this.active >= this.options.concurrency) return;
     let next = Number.POSITIVE_INFINITY;
     for (const state of this.order) {
-      const due = Math.max(state.dueAt, state.lane.notBefore);
+      const due = Math.max(state.dueAt, state.notBefore);
       if (this.hasRoom(state) && due < next) next = due;
     }
     if (Number.isFinite(next)) this.arm(next);

@@ -107,8 +107,6 @@ export class MailboxDispatcher implements DeliveryLane {
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
-  /** See DeliveryLane.notBefore: set when a message is given back for want of a connection slot here. */
-  notBefore = 0;
   readonly name: string;
 
   constructor(private readonly options: MailboxDispatcherOptions) {
@@ -254,6 +252,8 @@ export class MailboxDispatcher implements DeliveryLane {
     const pause = await pauses.get(mailbox);
     if (pause) {
       this.logger.debug({ ...log(), event: "deferred", pause: pause.kind }, "mailbox paused: message waits");
+      // the mailbox's other messages would wait as well: none taken until the pause ends (or a wake says it was lifted)
+      this.options.scheduler.backOff(this.name, pause.until);
       return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
     }
     const body = await spool.readBody(job.data.id);
@@ -302,7 +302,12 @@ export class MailboxDispatcher implements DeliveryLane {
           },
           `mailbox budget ${decision.budget} spent: message waits until the window frees`,
         );
-        // bulk wakes later than interactive mail held for the same window, so interactive goes first
+        // the mailbox's other messages would be held as well: none taken until the window frees (interactive
+        // first then, by priority) — unless this is bulk mail held short of the limit for interactive mail,
+        // which comes next by priority and may take the unit left. Bulk wakes later than interactive mail held
+        // for the same window
+        if (budgetLimits === limits)
+          this.options.scheduler.backOff(this.name, Date.now() + decision.retryInMs + 50);
         return this.hold(job, token, decision.retryInMs + 50 + (job.data.priority === "bulk" ? 1_000 : 0));
       }
       let connection: UpstreamConnection | undefined;
@@ -367,10 +372,8 @@ export class MailboxDispatcher implements DeliveryLane {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));
           // given up for the processes that hold the slots: ready for them at once, and they are told
-          if (err.retryInMs > 0) this.notBefore = Date.now() + err.retryInMs;
-          return this.hold(job, token, err.retryInMs).finally(() =>
-            this.options.spool.wake(this.options.mailbox),
-          );
+          if (err.retryInMs > 0) this.options.scheduler.backOff(this.name, Date.now() + err.retryInMs);
+          return this.hold(job, token, err.retryInMs).finally(() => this.options.spool.givenBack(mailbox));
         }
         if (err instanceof TokenUnavailable) {
           this.logger.warn(

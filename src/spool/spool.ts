@@ -63,6 +63,20 @@ export class Spool {
     this.redis.publish(this.slotWantedChannel, this.queueName(mailbox)).catch(() => {});
   }
 
+  /** Pub/sub channel on which a process says it gave a mailbox's message back for want of a connection slot. */
+  get givenBackChannel(): string {
+    return `${this.prefix}:given-back`;
+  }
+
+  /**
+   * Tells every relay process that this one gave a message of the mailbox back to the queue, for the processes
+   * that hold its connection slots (best effort). Unlike a wake, it does not end the back-off of a process
+   * that waits for a slot: the one that gave the message back would otherwise take it straight back.
+   */
+  givenBack(mailbox: string): void {
+    this.redis.publish(this.givenBackChannel, this.queueName(mailbox)).catch(() => {});
+  }
+
   /**
    * Tells every relay process that the mailbox's queue has mail ready. Best effort: a lost wake only delays
    * delivery until the scheduler's next poll.
