@@ -7,7 +7,7 @@ export interface ProcessStats {
   rss: number;
   /** Peak resident set size, bytes. */
   maxRss: number;
-  /** How late the event loop ran since the previous stats (1 ms resolution, so p50 reads about 1 ms when idle). */
+  /** How late the event loop ran since the previous stats (sampled every 10 ms). */
   loopDelayMs: { p50: number; p99: number; max: number };
 }
 
