@@ -222,6 +222,29 @@ describe("independence and pauses", () => {
     expect(await r.spool.queue(MAILBOX).getFailedCount()).toBe(0);
     expect(fx.upstream.authFailures).toBeLessThanOrEqual(3);
   });
+
+  it("sends a paused mailbox's mail within seconds of the pause's end even when no relay was told", async () => {
+    const r = await relay();
+    const redis = new Redis(redisUrl);
+    const pauses = new MailboxPauses(redis, r.config.redisPrefix);
+    try {
+      await pauses.replace(MAILBOX, "manual", "paused by a test", 3600_000);
+      expect((await send(r, ["paused@example.com"])).ok).toBe(true);
+      await waitFor(
+        () => r.logs.some((l) => l.msg === "mailbox paused: message waits"),
+        20_000,
+        "held for the pause",
+      );
+      // a resume whose wake was lost (its publish failed): the pause is gone and the mail promoted, and nothing
+      // tells the relay. Its poll finds the mail within 5 s: the mailbox's back-off does not last the hour
+      await pauses.resume(MAILBOX);
+      await r.spool.queue(MAILBOX).promoteJobs();
+      const [delivered] = await fx.upstream.waitForMessages(1, 15_000);
+      expect(delivered?.rcptTo).toEqual(["paused@example.com"]);
+    } finally {
+      redis.disconnect();
+    }
+  }, 60_000);
 });
 
 describe("connections", () => {

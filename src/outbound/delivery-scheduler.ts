@@ -118,12 +118,15 @@ export class DeliveryScheduler {
   /**
    * The lane's next message would only be held until `until` (epoch ms) as well (the mailbox's budget is spent,
    * it is paused, or every slot is held elsewhere): no turn and no next job before then, unless a wake comes.
+   * At most pollInterval: a wake that was lost (an operator's resume whose publish failed) costs no more
+   * than it did without back-offs.
    */
   backOff(name: string, until: number): void {
     const state = this.lanes.get(name);
     if (!state) return;
-    state.notBefore = Math.max(state.notBefore, until);
-    this.arm(until);
+    const end = Math.min(until, Date.now() + this.pollIntervalMs);
+    state.notBefore = Math.max(state.notBefore, end);
+    this.arm(end);
   }
 
   /** The lane holds a message until `at` (epoch ms): look at it then at the latest. */
@@ -135,7 +138,10 @@ export class DeliveryScheduler {
   }
 
   private wakeAll(): void {
-    for (const state of this.order) state.dueAt = 0;
+    for (const state of this.order) {
+      state.dueAt = 0;
+      state.notBefore = 0;
+    }
     this.schedule();
   }
 
