@@ -477,6 +477,25 @@ const spreadText = (s: Spread) => `${s.p50}/${s.p90}`;
 /** "mean/p50/p99" of a spread. */
 const gapText = (s: Spread) => `${s.mean}/${s.p50}/${s.p99}`;
 
+/** Table columns of a TurnaroundSplit (splitCells). */
+const SPLIT_HEADERS = [
+  "250->next 250 -50 ms mean/p50/p99",
+  "of which 250->end of DATA p50/p90",
+  "= 250->MAIL",
+  "+ MAIL->354",
+  "+ body",
+  "and upstream beyond 50 ms p50/p90",
+];
+
+const splitCells = (split: TurnaroundSplit) => [
+  gapText(split.gap),
+  spreadText(split.client),
+  spreadText(split.handoff),
+  spreadText(split.envelope),
+  spreadText(split.body),
+  spreadText(split.upstream),
+];
+
 /**
  * Messages per second each mailbox got from `startedAt` to its last message, and the longest time any
  * mailbox went without one (from the start, between messages), ms.
@@ -614,9 +633,7 @@ interface DeliveryResult {
   maxConcurrentPerMailbox: number;
   /** Longest time any mailbox went without a delivery (from the clock start, between deliveries), ms. */
   longestStallMs: number;
-  /** Per message on a connection, ms beyond the upstream's 50 ms: from one 250 to the next, minus 50. */
-  turnaroundMs: { p50: number; p90: number; p99: number; max: number };
-  /** The parts of turnaroundMs; `client` is the relay's side. */
+  /** Per message on a connection beyond the upstream's 50 ms, and its parts; `client` is the relay's side. */
   turnaroundSplitMs: TurnaroundSplit;
   /** Each relay process: CPU % of one core over the delivery, RSS now and peak, messages it delivered. */
   relayProcesses: {
@@ -785,21 +802,6 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
       hi > lo ? (hi - lo) / (((times[hi] as number) - (times[lo] as number)) / 1000) : Number.NaN;
 
     const { longestStall, perMailbox } = perMailboxRates(messages, mailboxes, startedAt);
-    const byConnection = new Map<string, ReceivedMessage[]>();
-    for (const m of messages) {
-      const list = byConnection.get(m.connectionId) ?? [];
-      list.push(m);
-      byConnection.set(m.connectionId, list);
-    }
-    const gaps: number[] = [];
-    for (const list of byConnection.values()) {
-      list.sort((a, b) => a.receivedAt - b.receivedAt);
-      for (let i = 1; i < list.length; i++) {
-        const [previous, next] = [list[i - 1] as ReceivedMessage, list[i] as ReceivedMessage];
-        gaps.push(next.receivedAt - previous.receivedAt - REPLY_DELAY_MS);
-      }
-    }
-    gaps.sort((a, b) => a - b);
     const auths = mailboxes.reduce((sum, m) => sum + env.upstream.authCount(m), 0);
     const stopCodes = await Promise.all(relays.map((r) => r.stop()));
     if (stopCodes.some((code) => code !== 0)) log(`  warning: relay exit codes ${stopCodes.join(", ")}`);
@@ -830,12 +832,6 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
       count432: mailboxes.reduce((sum, m) => sum + env.upstream.count432(m), 0),
       maxConcurrentPerMailbox: Math.max(...mailboxes.map((m) => env.upstream.maxConcurrent(m))),
       longestStallMs: longestStall,
-      turnaroundMs: {
-        p50: round(percentile(gaps, 50)),
-        p90: round(percentile(gaps, 90)),
-        p99: round(percentile(gaps, 99)),
-        max: round(gaps.at(-1) ?? Number.NaN),
-      },
       turnaroundSplitMs: turnaroundSplit(messages),
       relayProcesses: relays.map((_, i) => {
         const a = before.relays[i] as ProcessStats;
@@ -1164,12 +1160,7 @@ function formatReport(report: {
         "msg/conn",
         "432s",
         "client CPU ms/msg",
-        "250->next 250 -50 ms mean/p50/p99",
-        "250->end of DATA p50/p90",
-        "= 250->MAIL",
-        "+ MAIL->354",
-        "+ body",
-        "upstream beyond 50 ms",
+        ...SPLIT_HEADERS,
       ],
       bare.map((b) => [
         `${b.processes} process${b.processes === 1 ? "" : "es"}, ${b.mailboxes} mbx`,
@@ -1178,12 +1169,7 @@ function formatReport(report: {
         b.messagesPerConnection,
         b.count432,
         b.clientCpuMsPerMessage,
-        gapText(b.turnaroundSplitMs.gap),
-        spreadText(b.turnaroundSplitMs.client),
-        spreadText(b.turnaroundSplitMs.handoff),
-        spreadText(b.turnaroundSplitMs.envelope),
-        spreadText(b.turnaroundSplitMs.body),
-        spreadText(b.turnaroundSplitMs.upstream),
+        ...splitCells(b.turnaroundSplitMs),
       ]),
     ),
     "",
@@ -1193,12 +1179,7 @@ function formatReport(report: {
         "run",
         "1st msg ms",
         "longest stall ms",
-        "250->next 250 -50 ms mean/p50/p99",
-        "of which 250->end of DATA p50/p90",
-        "= 250->MAIL",
-        "+ MAIL->354",
-        "+ body",
-        "and upstream beyond 50 ms p50/p90",
+        ...SPLIT_HEADERS,
         "relay CPU %",
         "relay CPU ms/msg",
         "relay loop delay p99/max ms",
@@ -1213,12 +1194,7 @@ function formatReport(report: {
         runLabel(d),
         d.firstMessageMs,
         d.longestStallMs,
-        gapText(d.turnaroundSplitMs.gap),
-        spreadText(d.turnaroundSplitMs.client),
-        spreadText(d.turnaroundSplitMs.handoff),
-        spreadText(d.turnaroundSplitMs.envelope),
-        spreadText(d.turnaroundSplitMs.body),
-        spreadText(d.turnaroundSplitMs.upstream),
+        ...splitCells(d.turnaroundSplitMs),
         d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
         d.perMessage.relayCpuMs,
         d.relayProcesses.map((r) => `${r.loopDelayMs.p99}/${r.loopDelayMs.max}`).join(" + "),

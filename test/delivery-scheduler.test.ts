@@ -35,6 +35,11 @@ function appsConfig(
   };
 }
 
+/** One mailbox (app0@) for relays that share the test Redis under a prefix of their own. */
+function sharedConfig(upstream: FakeUpstream, extra: Parameters<typeof appsConfig>[2] = {}) {
+  return { redis: redisUrl, redisPrefix: uniquePrefix(), ...appsConfig(1, upstream, extra) };
+}
+
 let pki: Awaited<ReturnType<typeof createTestPki>>;
 let caFile: string;
 
@@ -173,14 +178,10 @@ describe("connection slots between processes", () => {
   it("hands an idle connection's slot to the other relay that waits for it, instead of keeping it until idleTimeout", async () => {
     const upstream = await startUpstream(1);
     // one slot, kept idle for a minute: without the hand-over the other relay would wait that long
-    const shared = {
-      redis: redisUrl,
-      redisPrefix: uniquePrefix(),
-      ...appsConfig(1, upstream, {
-        limits: { connections: 1 },
-        upstream: { idleTimeout: 60_000 },
-      }),
-    };
+    const shared = sharedConfig(upstream, {
+      limits: { connections: 1 },
+      upstream: { idleTimeout: 60_000 },
+    });
     const relays = [await startTestRelay(shared), await startTestRelay(shared)];
     try {
       // the first message keeps the only connection busy for 3 s; a relay may hold 2 messages of the mailbox
@@ -224,7 +225,7 @@ describe("a relay refused a connection slot", () => {
   it("takes on only as many of the mailbox's messages as its own connections serve, leaving the rest to the relays that hold the slots", async () => {
     const COUNT = 150;
     const upstream = await startUpstream(1, 100);
-    const shared = { redis: redisUrl, redisPrefix: uniquePrefix(), ...appsConfig(1, upstream) };
+    const shared = sharedConfig(upstream);
     const relays = [await startTestRelay(shared), await startTestRelay(shared)];
     const [first] = relays as [TestRelay, TestRelay];
     const queue = first.spool.queue(mailboxOf(0));
@@ -261,7 +262,7 @@ describe("a relay with no connection slot at all", () => {
   it("gives the mailbox's messages back to the relay that holds the slots without spinning on the queue", async () => {
     const COUNT = 60;
     const upstream = await startUpstream(1, 100);
-    const shared = { redis: redisUrl, redisPrefix: uniquePrefix(), ...appsConfig(1, upstream) };
+    const shared = sharedConfig(upstream);
     const holder = await startTestRelay(shared);
     const admin = new Redis(redisUrl);
     let other: TestRelay | undefined;
@@ -300,12 +301,7 @@ describe("messages in flight in relays that died", () => {
   it("are delivered even when it happened to them twice (BullMQ's default would fail them at the second stall)", async () => {
     const upstream = await startUpstream(1);
     // short locks: a lapsed one is found within seconds
-    const shared = {
-      redis: redisUrl,
-      redisPrefix: uniquePrefix(),
-      leaseTtl: 1_000,
-      ...appsConfig(1, upstream),
-    };
+    const shared = { ...sharedConfig(upstream), leaseTtl: 1_000 };
     const first = await startTestRelay(shared);
     await first.spool.queue(mailboxOf(0)).pause();
     await send(first, 0, "twice-stalled");
