@@ -238,6 +238,11 @@ describe("the JSON API", () => {
       20_000,
       "listed as delivered",
     );
+    // the delivering batch's outcome is kept with the job's completion: shown like the replies before it
+    const done = (await api(base, "GET", `/api/messages/${id}`)).json();
+    expect(done).toMatchObject({ state: "delivered", recipients: [], delivered: ["nobody@example.com"] });
+    expect(done.replies.map((r: { reply: string }) => r.reply.slice(0, 3))).toEqual(["550", "250"]);
+    expect(Date.parse(done.replies[1].at)).toBeGreaterThanOrEqual(Date.parse(detail.replies[0].at));
     expect((await api(base, "POST", `/api/messages/${id}/retry`)).status).toBe(409);
   });
 

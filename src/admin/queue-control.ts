@@ -6,7 +6,7 @@ import { estimateDrainMs } from "../limits/drain-estimate.js";
 import { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import { type MailboxPause, MailboxPauses } from "../outbound/mailbox-pauses.js";
-import type { MessageJob } from "../spool/message-job.js";
+import { type LastBatch, type MessageJob, withLastBatch } from "../spool/message-job.js";
 import { HELD_QUEUE, type Spool } from "../spool/spool.js";
 
 export interface QueueControlOptions {
@@ -245,12 +245,14 @@ export class QueueControl {
     ]);
     const text = head.length ? head.toString("utf8") : null;
     const end = text?.search(/\r?\n\r?\n/) ?? -1;
+    // a delivered message's last replies are in its return value, not its log
+    const lastReplies = (job.returnvalue as LastBatch | null)?.replies ?? [];
     return {
       ...summarize(job, mailbox, state),
-      refused: job.data.refused,
+      refused: dataOf(job).refused,
       remoteAddress: job.data.remoteAddress,
       headers: text === null ? null : end === -1 ? text : text.slice(0, end),
-      replies: logs.logs.map((line) => {
+      replies: [...logs.logs, ...lastReplies].map((line) => {
         const space = line.indexOf(" ");
         return { at: line.slice(0, space), reply: line.slice(space + 1) };
       }),
@@ -376,8 +378,13 @@ async function stateOf(job: Job<MessageJob>): Promise<MessageSummary["state"]> {
   return "unknown";
 }
 
+/** The job's data, with the last batch of a delivered message (its return value) applied. */
+function dataOf(job: Job<MessageJob>): MessageJob {
+  return withLastBatch(job.data, job.returnvalue as LastBatch | null);
+}
+
 function summarize(job: Job<MessageJob>, mailbox: string, state: MessageSummary["state"]): MessageSummary {
-  const data = job.data;
+  const data = dataOf(job);
   return {
     id: data.id,
     mailbox,

@@ -8,7 +8,7 @@ import type { ConnectionLeases } from "../limits/connection-leases.js";
 import type { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import { type RelayEvents, replyClassOf } from "../relay-events.js";
-import type { MessageJob } from "../spool/message-job.js";
+import type { LastBatch, MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
 import { type Classification, classifyReply, enhancedCodeOf } from "./classify-reply.js";
 import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
@@ -72,6 +72,9 @@ const BOOKKEEPING_DELAY_MS = 5;
 
 /** A process that was refused a slot this recently (ms) takes on only as many jobs as its connections serve. */
 const SLOT_STARVED_MS = 1_000;
+
+/** A reply as the job's log keeps it: `<ISO time> <reply>`. */
+const stamped = (reply: string) => `${new Date().toISOString()} ${reply}`;
 
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
@@ -218,7 +221,7 @@ export class MailboxDispatcher implements DeliveryLane {
 
   /** Keeps an upstream reply in the job's log (shown by `sluice queue show`). */
   private async recordReply(job: Job<MessageJob>, reply: string): Promise<void> {
-    await job.log(`${new Date().toISOString()} ${reply}`).catch(() => {});
+    await job.log(stamped(reply)).catch(() => {});
   }
 
   /** Puts the job back to wait `delayMs` without spending an attempt. */
@@ -229,7 +232,8 @@ export class MailboxDispatcher implements DeliveryLane {
     throw new DelayedError();
   }
 
-  private async deliver(job: Job<MessageJob>, token?: string): Promise<void> {
+  /** Delivers the job's remaining recipients; the last batch's outcome is the job's return value. */
+  private async deliver(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
     const { spool, retry, mailbox, limits, budget, pauses } = this.options;
     const log = () => ({
       id: job.data.id,
@@ -249,14 +253,14 @@ export class MailboxDispatcher implements DeliveryLane {
       });
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
-    const pause = await pauses.get(mailbox);
+    // both at once: the body is read in vain only when the mailbox is paused (and then it backs off)
+    const [pause, body] = await Promise.all([pauses.get(mailbox), spool.readBody(job.data.id)]);
     if (pause) {
       this.logger.debug({ ...log(), event: "deferred", pause: pause.kind }, "mailbox paused: message waits");
       // the mailbox's other messages would wait as well: none taken until the pause ends (or a wake says it was lifted)
       this.options.scheduler.backOff(this.name, pause.until);
       return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
     }
-    const body = await spool.readBody(job.data.id);
     if (!body) {
       this.logger.error(
         log(),
@@ -267,6 +271,7 @@ export class MailboxDispatcher implements DeliveryLane {
     const deferred: string[] = [];
     let batches = 0;
     let lastReply: string | undefined;
+    let last: LastBatch | undefined;
     while (job.data.recipients.length) {
       // asked again before every batch: interactive mail queued while a newsletter's batches go out gets the
       // minute's last unit
@@ -322,8 +327,6 @@ export class MailboxDispatcher implements DeliveryLane {
         this.pool.release(connection, true);
         connection = undefined;
         await sleep(BOOKKEEPING_DELAY_MS);
-        await this.recordReply(job, result.response);
-        for (const r of result.rejected) await this.recordReply(job, `${r.recipient}: ${r.response}`);
         const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
         // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
         const tooMany = result.rejected.filter(
@@ -339,7 +342,7 @@ export class MailboxDispatcher implements DeliveryLane {
             "upstream takes fewer recipients per message: the rest go in further batches",
           );
         }
-        await job.updateData({
+        const data: MessageJob = {
           ...job.data,
           batchSize: tooMany.length ? Math.max(1, result.accepted.length) : job.data.batchSize,
           recipients: [...tooMany.map((r) => r.recipient), ...job.data.recipients.slice(batch.length)],
@@ -349,7 +352,22 @@ export class MailboxDispatcher implements DeliveryLane {
             ...refusedNow.map((r) => ({ recipient: r.recipient, reply: r.response })),
           ],
           deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
-        });
+        };
+        const replies = [result.response, ...result.rejected.map((r) => `${r.recipient}: ${r.response}`)];
+        if (data.recipients.length === 0 && data.deferred?.length === 0) {
+          // the message's last batch, nothing left for a retry: its outcome is written with the job's
+          // completion (the return value), not by updates of its own. Should this process die before that, the
+          // body is gone already: the job, run again, is dropped as delivered (never sent twice)
+          job.data = data;
+          last = {
+            accepted: result.accepted,
+            refused: refusedNow.map((r) => ({ recipient: r.recipient, reply: r.response })),
+            replies: replies.map(stamped),
+          };
+          await spool.removeBody(job.data.id);
+        } else {
+          await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
+        }
         lastReply = result.response;
         // a message that goes in one batch gets one line (delivered, with the reply); one in several, or with
         // recipients left for a retry, one per batch as well
@@ -415,7 +433,7 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       throw new RecipientsDeferred(deferred);
     }
-    await spool.removeBody(job.data.id);
+    if (!last) await spool.removeBody(job.data.id);
     if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
     if (job.data.refused.length) {
       this.options.events?.emit("undeliverable", {
@@ -435,6 +453,7 @@ export class MailboxDispatcher implements DeliveryLane {
       },
       job.data.refused.length ? "message delivered; some recipients refused" : "message delivered",
     );
+    return last;
   }
 
   /**

@@ -27,3 +27,26 @@ export interface MessageJob {
   /** When an operator last retried the failed message; retry.maxAge counts from here instead of receivedAt. */
   retriedAt?: number;
 }
+
+/**
+ * The outcome of a message's last batch, kept as its job's return value: it is written with the job's
+ * completion instead of by updates of its own (two round trips to Redis fewer per message).
+ */
+export interface LastBatch {
+  accepted: string[];
+  refused: { recipient: string; reply: string }[];
+  /** The upstream's replies to the batch, each `<ISO time> <reply>` as in the job's log. */
+  replies: string[];
+}
+
+/** A delivered message's data with its last batch (its job's return value) applied. */
+export function withLastBatch(data: MessageJob, last: LastBatch | null | undefined): MessageJob {
+  if (!last?.accepted) return data;
+  return {
+    ...data,
+    recipients: [],
+    deferred: [],
+    delivered: [...data.delivered, ...last.accepted],
+    refused: [...data.refused, ...last.refused],
+  };
+}
