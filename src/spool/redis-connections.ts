@@ -57,7 +57,6 @@ export class RedisConnections {
       enableOfflineQueue: purpose !== "ingest",
       retryStrategy: (times) => Math.min(times * 200, 2_000),
       connectionName: `sluice-${purpose}`,
-      enableAutoPipelining: process.env.SLUICE_AUTOPIPE === "1",
     };
     const redis = createRedisClient(this.target, options);
     let reported = false;
