@@ -15,12 +15,12 @@
  * 5. Backlog (`--only backlog`): 100,000 queued 1 KB messages in one paused mailbox (written with the Spool
  *    class, no SMTP): Redis and relay memory, and the wall time of `sluice queue status`.
  *
- * `npm run bench` (full: an estimated 6-7 minutes on 2 cores, not timed; 500 mailboxes alone take 1-2)
+ * `npm run bench` (full: 7-8 minutes on 2 cores, half of it the 50-mailbox runs; 500 mailboxes take 1-2)
  * writes bench/results/latest.json. Options (results then go to latest-partial.json): `--quick` (about
  * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
  * relays x mailboxes), `--no-bare`, `--max-messages-per-connection N` (default 1,000, the relay's default),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
- * the relays' logs). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
+ * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
  * The relays run from dist/ (npm run bench builds first).
  */
 import { execFileSync } from "node:child_process";
@@ -1335,7 +1335,7 @@ interface LargeResult {
   /** ms per client from the first DATA byte written to the 250 (transfer included). */
   perClientMs: { min: number; p50: number; max: number };
   relayPeakRssMB: number;
-  /** Peak RSS the relay's kernel counters saw since it started (getrusage maxrss). */
+  /** Peak RSS of the relay since it started (VmHWM; see bench/worker-stats.mjs). */
   relayMaxRssMB: number;
   relayRssBeforeMB: number;
   relayRssAfterMB: number;
@@ -1458,7 +1458,7 @@ async function largeRun(dir: string): Promise<LargeResult> {
     };
     log(
       `  ${result.accepted}/${clients} accepted in ${result.seconds} s; relay peak RSS ${result.relayPeakRssMB} MB ` +
-        `(maxrss ${result.relayMaxRssMB} MB), redis peak RSS ${result.redisPeakRssMB} MB` +
+        `(VmHWM ${result.relayMaxRssMB} MB), redis peak RSS ${result.redisPeakRssMB} MB` +
         (refusals.length ? `; refused: ${refusals[0]}` : ""),
     );
     return result;
@@ -1649,7 +1649,7 @@ function formatLarge(r: LargeResult): string[] {
         "wall s",
         "per client ms min/p50/max",
         "relay peak RSS MB (50 ms polls)",
-        "relay maxrss MB",
+        "relay VmHWM MB",
         "relay RSS before/after MB",
         "redis peak RSS MB",
         "redis used_memory MB",
