@@ -246,6 +246,33 @@ describe("the JSON API", () => {
     expect((await api(base, "POST", `/api/messages/${id}/retry`)).status).toBe(409);
   });
 
+  it("shows a delivered message's accepted and refused recipients with every reply of its last batch", async () => {
+    const r = await fx.relay(local);
+    const base = adminUrl(r);
+    fx.upstream.script({
+      at: "rcpt",
+      rcpt: "gone@example.com",
+      reply: { code: 550, message: "5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found" },
+    });
+    const id = await fx.send(r, ["here@example.com", "gone@example.com"]);
+    await fx.upstream.waitForMessages(1);
+    await waitFor(
+      async () => (await api(base, "GET", `/api/messages/${id}`)).json().state === "delivered",
+      20_000,
+      "delivered",
+    );
+    const detail = (await api(base, "GET", `/api/messages/${id}`)).json();
+    expect(detail).toMatchObject({
+      recipients: [],
+      delivered: ["here@example.com"],
+      refused: [{ recipient: "gone@example.com", reply: expect.stringMatching(/^550 5\.1\.10 RESOLVER/) }],
+    });
+    expect(detail.replies.map((line: { reply: string }) => line.reply)).toEqual([
+      expect.stringMatching(/^250 /),
+      expect.stringMatching(/^gone@example\.com: 550 5\.1\.10/),
+    ]);
+  });
+
   it("purges a failed message with its body, and answers 404 for an unknown id or mailbox", async () => {
     const r = await fx.relay(local);
     const base = adminUrl(r);

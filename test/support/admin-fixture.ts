@@ -14,7 +14,8 @@ export interface OperationsFixture {
   relay(extra?: Record<string, unknown>): Promise<TestRelay>;
   config(extra?: Record<string, unknown>): Record<string, unknown>;
   /** Submits one small message from a printer; returns the queue id. */
-  send(relay: { port: number }, to: string, from?: string): Promise<string>;
+  /** Submits a message to one recipient or several; resolves with its queue id. */
+  send(relay: { port: number }, to: string | string[], from?: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -43,13 +44,18 @@ export async function startOperationsFixture(redisUrl: string): Promise<Operatio
       return started;
     },
     async send(relay, to, from = "printer@floor2.example") {
+      const recipients = [to].flat();
       const result = await submit({
         port: relay.port,
         localAddress: "127.0.0.2",
         startTls: false,
         from,
-        to: [to],
-        raw: buildMessage({ from: from || "printer@floor2.example", to: [to], subject: `for ${to}` }),
+        to: recipients,
+        raw: buildMessage({
+          from: from || "printer@floor2.example",
+          to: recipients,
+          subject: `for ${recipients.join(", ")}`,
+        }),
       });
       const match = /queued as (\w+)/.exec(result.response);
       if (!result.ok || !match) throw new Error(`not queued: ${result.response}`);
