@@ -72,6 +72,9 @@ describe("recipient batching", () => {
     expect(new Set(fx.upstream.messages.flatMap((m) => m.rcptTo)).size).toBe(1200);
     await waitFor(() => r.logs.some((l) => l.event === "delivered"), 10_000, "delivered log line");
     expect(r.logs.find((l) => l.event === "delivered")?.attempt).toBe(1);
+    // the mailbox once per line (the dispatcher's logger is bound to it)
+    const deliveredLine = r.lines.find((line) => line.includes('"event":"delivered"')) ?? "";
+    expect(deliveredLine.match(/"mailbox":/g)).toHaveLength(1);
     // several batches: a line for each, with its reply
     const batches = r.logs.filter((l) => l.event === "batch-delivered");
     expect(batches.map((l) => l.accepted)).toEqual([500, 500, 200]);

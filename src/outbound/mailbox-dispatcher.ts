@@ -235,11 +235,11 @@ export class MailboxDispatcher implements DeliveryLane {
   /** Delivers the job's remaining recipients; the last batch's outcome is the job's return value. */
   private async deliver(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
     const { spool, retry, mailbox, limits, budget, pauses } = this.options;
+    // the mailbox is in every line already: this.logger is a child logger bound to it
     const log = () => ({
       id: job.data.id,
       messageId: job.data.messageId,
       client: job.data.client,
-      mailbox,
       attempt: job.attemptsMade + 1,
     });
     if (Date.now() - (job.data.retriedAt ?? job.data.receivedAt) > retry.maxAge) {

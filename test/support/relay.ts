@@ -18,6 +18,8 @@ export interface TestRelay extends Relay {
   config: Readonly<Config>;
   /** Every log line the relay wrote, parsed. */
   logs: TestLogLine[];
+  /** The same lines as written (JSON.parse keeps one of two equal keys: these show both). */
+  lines: string[];
 }
 
 /** Writes text to a new temp file and returns its path (for config keys that take files, like upstream.ca). */
@@ -38,10 +40,12 @@ export function uniquePrefix(): string {
  */
 export async function startTestRelay(raw: Record<string, unknown>): Promise<TestRelay> {
   const logs: TestLogLine[] = [];
+  const lines: string[] = [];
   const logger = pino(
     { level: "debug" },
     {
       write(line: string) {
+        lines.push(line);
         logs.push(JSON.parse(line) as TestLogLine);
       },
     },
@@ -59,7 +63,7 @@ export async function startTestRelay(raw: Record<string, unknown>): Promise<Test
     "test",
   );
   const relay = await createRelay(config, { logger });
-  return Object.assign(relay, { port: relay.addresses[0]?.port ?? 0, config, logs });
+  return Object.assign(relay, { port: relay.addresses[0]?.port ?? 0, config, logs, lines });
 }
 
 /** Resolves when `check` returns true, polling; rejects after timeoutMs. */
