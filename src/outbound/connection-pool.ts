@@ -33,8 +33,11 @@ export interface ConnectionPoolOptions {
 }
 
 const STARVED_EVERY_MS = 250;
-/** A message that a pool with no connection gives back (every slot held elsewhere) is ready again after this (ms). */
-const GIVEN_BACK_DELAY_MS = 250;
+/**
+ * A pool with no connection that gives a message back (every slot held elsewhere) leaves the mailbox alone this
+ * long (ms), so that the processes holding the slots take the message rather than this one straight back.
+ */
+const GIVEN_BACK_BACK_OFF_MS = 250;
 /** A pool that holds connections asks for another lease at most this often (ms) while leases are refused. */
 const REFUSED_ASK_EVERY_MS = 250;
 
@@ -43,8 +46,12 @@ export class NoConnectionSlot extends Error {
   constructor(
     /** Given up at once (see acquire): the message is for the processes that hold the slots. */
     readonly givenUp = false,
-    /** When the message should be tried again (ms): at once when this pool holds connections, shortly otherwise. */
-    readonly retryInMs = 0,
+    /**
+     * How long this process should leave the mailbox alone after giving the message back (ms): 0 when it holds
+     * connections of its own (it serves the mailbox too), a moment when it holds none. The message itself is
+     * ready again at once, for the processes that hold the slots.
+     */
+    readonly backOffMs = 0,
   ) {
     super("every upstream connection slot of the mailbox is in use");
     this.name = "NoConnectionSlot";
@@ -151,19 +158,21 @@ export class ConnectionPool {
           const leaseId = await this.options.lease.acquire();
           if (leaseId) return await this.openUnder(leaseId, leasedAt);
           this.refusedAt = leasedAt;
-          if (this.options.onStarved && leasedAt - this.starvedAt >= STARVED_EVERY_MS) {
-            this.starvedAt = leasedAt;
-            this.options.onStarved();
-          }
         } finally {
           this.opening--;
         }
         // the other slots are busy elsewhere. With no connection here, or more callers waiting (besides those
         // opening one of their own) than this pool's connections can serve, one each, the message goes back to
-        // the queue for the processes that hold the slots (their connections may be idle right now); without
-        // a connection here, after a moment, so that this process does not take it straight back
-        if (this.size === 0) throw new NoConnectionSlot(true, GIVEN_BACK_DELAY_MS);
+        // the queue for the processes that hold the slots, whose connections may be idle right now (and stay
+        // open for it: no hand-over is asked for); with no connection here, this process then leaves the
+        // mailbox alone a moment, so as not to take the message straight back
+        if (this.size === 0) throw new NoConnectionSlot(true, GIVEN_BACK_BACK_OFF_MS);
         if (this.waiting - this.opening > this.size) throw new NoConnectionSlot(true);
+        // the message stays here: the processes that hold the other slots hand over those they keep idle
+        if (this.options.onStarved && this.refusedAt - this.starvedAt >= STARVED_EVERY_MS) {
+          this.starvedAt = this.refusedAt;
+          this.options.onStarved();
+        }
       }
       if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
       // wake when one of ours comes back, or try for a lease again shortly (another process may free one)

@@ -389,9 +389,10 @@ export class MailboxDispatcher implements DeliveryLane {
         if (err instanceof NoConnectionSlot) {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));
-          // given up for the processes that hold the slots: ready for them at once, and they are told
-          if (err.retryInMs > 0) this.options.scheduler.backOff(this.name, Date.now() + err.retryInMs);
-          return this.hold(job, token, err.retryInMs).finally(() => this.options.spool.givenBack(mailbox));
+          // given up for the processes that hold the slots: ready for them at once, and they are told; this
+          // process, if it holds no connection, leaves the mailbox to them for a moment
+          if (err.backOffMs > 0) this.options.scheduler.backOff(this.name, Date.now() + err.backOffMs);
+          return this.hold(job, token, 0).finally(() => this.options.spool.givenBack(mailbox));
         }
         if (err instanceof TokenUnavailable) {
           this.logger.warn(

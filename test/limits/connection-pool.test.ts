@@ -35,7 +35,7 @@ describe("a connection pool whose mailbox's other slots are held by another proc
   });
 
   /** A pool for MAILBOX (3 slots) whose lease requests are counted in `asked`. */
-  function countedPool(leases: ConnectionLeases, asked: { count: number }): ConnectionPool {
+  function countedPool(leases: ConnectionLeases, asked: { count: number; starved?: number }): ConnectionPool {
     const config = upstreamSchema.parse({ host: "127.0.0.1", port: upstream.port, ca: caFile });
     const tls = upstreamTlsOptions(config);
     return new ConnectionPool({
@@ -54,6 +54,9 @@ describe("a connection pool whose mailbox's other slots are held by another proc
         renewEveryMs: 10_000,
       },
       open: () => openUpstream(config, tls, new PasswordCredentials(MAILBOX, "pw"), "relay.test"),
+      onStarved: () => {
+        asked.starved = (asked.starved ?? 0) + 1;
+      },
     });
   }
 
@@ -62,7 +65,7 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     // another process holds 2 of the 3 slots for the whole test
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
     expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
-    const asked = { count: 0 };
+    const asked = { count: 0, starved: 0 };
     const pool = countedPool(leases, asked);
     const body = buildMessage({ from: MAILBOX, to: ["reader@example.org"], subject: "pooled" });
     let sent = 0;
@@ -87,6 +90,8 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     // at most one request every 250 ms while refused (and the first): asking before every message would be
     // one per message (about 35 here)
     expect(asked.count).toBeLessThanOrEqual(2_000 / 250 + 3);
+    // the waiting delivery stays here: the processes holding the other slots are asked to hand idle ones over
+    expect(asked.starved).toBeGreaterThan(0);
   }, 30_000);
 
   it("gives a caller up at once when more wait than its connections can serve, for the processes that hold the slots", async () => {
@@ -114,10 +119,10 @@ describe("a connection pool whose mailbox's other slots are held by another proc
     }
   }, 30_000);
 
-  it("gives a message back at once, to be tried again shortly, when every slot is held elsewhere and it has no connection", async () => {
+  it("gives a message back at once, backing off a moment, when every slot is held elsewhere and it has no connection", async () => {
     const leases = new ConnectionLeases(redis, `test-${randomUUID()}`);
     for (let i = 0; i < 3; i++) expect(await leases.acquire(MAILBOX, 3)).toBeTruthy();
-    const asked = { count: 0 };
+    const asked = { count: 0, starved: 0 };
     const pool = countedPool(leases, asked);
     try {
       const startedAt = Date.now();
@@ -128,9 +133,11 @@ describe("a connection pool whose mailbox's other slots are held by another proc
       // not after leaseWaitMs (5 s) of asking: the processes that hold the slots may have them idle right now
       expect(refusal).toBeInstanceOf(NoConnectionSlot);
       expect(refusal).toMatchObject({ givenUp: true });
-      expect((refusal as NoConnectionSlot).retryInMs).toBeGreaterThan(0);
+      expect((refusal as NoConnectionSlot).backOffMs).toBeGreaterThan(0);
       expect(Date.now() - startedAt).toBeLessThan(4_000);
       expect(asked.count).toBe(1);
+      // the message goes to the slot holders: they are not asked to close their idle connections for this one
+      expect(asked.starved).toBe(0);
     } finally {
       await pool.close();
     }
