@@ -253,14 +253,15 @@ export class MailboxDispatcher implements DeliveryLane {
       });
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
-    // both at once: the body is read in vain only when the mailbox is paused (and then it backs off)
-    const [pause, body] = await Promise.all([pauses.get(mailbox), spool.readBody(job.data.id)]);
+    const pause = await pauses.get(mailbox);
     if (pause) {
       this.logger.debug({ ...log(), event: "deferred", pause: pause.kind }, "mailbox paused: message waits");
       // the mailbox's other messages would wait as well: none taken until the pause ends (or a wake says it was lifted)
       this.options.scheduler.backOff(this.name, pause.until);
       return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
     }
+    // after the pause: a paused mailbox takes a message every few seconds, and a body can be a 35 MB scan
+    const body = await spool.readBody(job.data.id);
     if (!body) {
       this.logger.error(
         log(),
@@ -327,7 +328,9 @@ export class MailboxDispatcher implements DeliveryLane {
         this.pool.release(connection, true);
         connection = undefined;
         await sleep(BOOKKEEPING_DELAY_MS);
-        const refusedNow = result.rejected.filter((r) => (r.responseCode ?? 400) >= 500);
+        const refusedNow = result.rejected
+          .filter((r) => (r.responseCode ?? 400) >= 500)
+          .map((r) => ({ recipient: r.recipient, reply: r.response }));
         // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
         const tooMany = result.rejected.filter(
           (r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3",
@@ -347,10 +350,7 @@ export class MailboxDispatcher implements DeliveryLane {
           batchSize: tooMany.length ? Math.max(1, result.accepted.length) : job.data.batchSize,
           recipients: [...tooMany.map((r) => r.recipient), ...job.data.recipients.slice(batch.length)],
           delivered: [...job.data.delivered, ...result.accepted],
-          refused: [
-            ...job.data.refused,
-            ...refusedNow.map((r) => ({ recipient: r.recipient, reply: r.response })),
-          ],
+          refused: [...job.data.refused, ...refusedNow],
           deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
         };
         const replies = [result.response, ...result.rejected.map((r) => `${r.recipient}: ${r.response}`)];
@@ -361,7 +361,7 @@ export class MailboxDispatcher implements DeliveryLane {
           job.data = data;
           last = {
             accepted: result.accepted,
-            refused: refusedNow.map((r) => ({ recipient: r.recipient, reply: r.response })),
+            refused: refusedNow,
             replies: replies.map(stamped),
           };
           await spool.removeBody(job.data.id);
