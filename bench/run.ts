@@ -490,10 +490,16 @@ const SPLIT_HEADERS = [
   "and upstream beyond 50 ms p50/p90",
 ];
 
-/** perMailboxRates' slotUse: the share of the ceiling is slot use x 50 / (50 + the mean gap). */
-const SLOT_USE_HEADER = "slots carrying mail %";
-/** perMailboxRates' allSlotsMs: how long a mailbox took to have all 3 connections carrying mail. */
-const ALL_SLOTS_HEADER = "3rd connection's 1st msg ms p50/max";
+/**
+ * Table columns of perMailboxRates' slot figures (slotCells): how long a mailbox took to have all 3
+ * connections carrying mail, and slotUse (the share of the ceiling is slot use x 50 / (50 + the mean gap)).
+ */
+const SLOT_HEADERS = ["3rd connection's 1st msg ms p50/max", "slots carrying mail %"];
+
+const slotCells = ({ allSlotsMs, slotUse }: DeliveryResult["perMailbox"]) => [
+  `${allSlotsMs.p50}/${allSlotsMs.max}`,
+  fmt(100 * slotUse),
+];
 
 const splitCells = (split: TurnaroundSplit) => [
   gapText(split.gap),
@@ -1218,8 +1224,7 @@ function formatReport(report: {
         "msg/conn",
         "432s",
         "client CPU ms/msg",
-        ALL_SLOTS_HEADER,
-        SLOT_USE_HEADER,
+        ...SLOT_HEADERS,
         ...SPLIT_HEADERS,
       ],
       bare.map((b) => [
@@ -1229,8 +1234,7 @@ function formatReport(report: {
         b.messagesPerConnection,
         b.count432,
         b.clientCpuMsPerMessage,
-        `${b.perMailbox.allSlotsMs.p50}/${b.perMailbox.allSlotsMs.max}`,
-        fmt(100 * b.perMailbox.slotUse),
+        ...slotCells(b.perMailbox),
         ...splitCells(b.turnaroundSplitMs),
       ]),
     ),
@@ -1241,8 +1245,7 @@ function formatReport(report: {
         "run",
         "1st msg ms",
         "longest stall ms",
-        ALL_SLOTS_HEADER,
-        SLOT_USE_HEADER,
+        ...SLOT_HEADERS,
         ...SPLIT_HEADERS,
         "relay CPU %",
         "relay CPU ms/msg",
@@ -1258,8 +1261,7 @@ function formatReport(report: {
         runLabel(d),
         d.firstMessageMs,
         d.longestStallMs,
-        `${d.perMailbox.allSlotsMs.p50}/${d.perMailbox.allSlotsMs.max}`,
-        fmt(100 * d.perMailbox.slotUse),
+        ...slotCells(d.perMailbox),
         ...splitCells(d.turnaroundSplitMs),
         d.relayProcesses.map((r) => r.cpuPercent).join(" + "),
         d.perMessage.relayCpuMs,

@@ -48,6 +48,26 @@ beforeAll(async () => {
   caFile = tempFile("ca.pem", pki.ca);
 });
 
+/**
+ * Two relays on one Redis prefix delivering app0@'s mail to one fake upstream (answering after replyDelayMs);
+ * both, and the upstream, are stopped after `run`.
+ */
+async function withTwoRelays(
+  replyDelayMs: number,
+  extra: Parameters<typeof appsConfig>[2],
+  run: (relays: [TestRelay, TestRelay], upstream: FakeUpstream) => Promise<void>,
+): Promise<void> {
+  const upstream = await startUpstream(1, replyDelayMs);
+  const shared = sharedConfig(upstream, extra);
+  const relays: [TestRelay, TestRelay] = [await startTestRelay(shared), await startTestRelay(shared)];
+  try {
+    await run(relays, upstream);
+  } finally {
+    await Promise.all(relays.map((r) => r.stop()));
+    await upstream.stop();
+  }
+}
+
 /** The fake upstream with mailboxes app0@ .. app<count-1>@ (password "pw"). */
 async function startUpstream(count: number, replyDelayMs = 0): Promise<FakeUpstream> {
   return startFakeUpstream({ tls: await pki.issue(["127.0.0.1"]), users: usersOf(count), replyDelayMs });
@@ -176,14 +196,9 @@ describe("one delivery scheduler per process", () => {
 
 describe("connection slots between processes", () => {
   it("gives a message it has no slot for to the relay that holds the slot, which sends it on its open connection", async () => {
-    const upstream = await startUpstream(1);
     // one slot, kept idle for a minute: neither a wait for idleTimeout nor a second connection is needed
-    const shared = sharedConfig(upstream, {
-      limits: { connections: 1 },
-      upstream: { idleTimeout: 60_000 },
-    });
-    const relays = [await startTestRelay(shared), await startTestRelay(shared)];
-    try {
+    const oneIdleSlot = { limits: { connections: 1 }, upstream: { idleTimeout: 60_000 } };
+    await withTwoRelays(0, oneIdleSlot, async (relays, upstream) => {
       // the first message keeps the only connection busy for 3 s; a relay may hold 2 messages of the mailbox
       // (2 x connections), so the third goes to the relay without the connection at least once
       upstream.script({ at: "data", delayMs: 3_000, match: (tx) => tx.rcptTo.includes("slow@example.org") });
@@ -208,22 +223,15 @@ describe("connection slots between processes", () => {
       expect(upstream.authCount(mailboxOf(0))).toBe(1);
       expect(new Set(delivered.map((m) => m.connectionId)).size).toBe(1);
       expect(upstream.maxConcurrent(mailboxOf(0))).toBe(1);
-    } finally {
-      await Promise.all(relays.map((r) => r.stop()));
-      await upstream.stop();
-    }
+    });
   }, 180_000);
 });
 
 describe("a relay refused a connection slot", () => {
   it("takes on only as many of the mailbox's messages as its own connections serve, leaving the rest to the relays that hold the slots", async () => {
     const COUNT = 150;
-    const upstream = await startUpstream(1, 100);
-    const shared = sharedConfig(upstream);
-    const relays = [await startTestRelay(shared), await startTestRelay(shared)];
-    const [first] = relays as [TestRelay, TestRelay];
-    const queue = first.spool.queue(mailboxOf(0));
-    try {
+    await withTwoRelays(100, {}, async ([first], upstream) => {
+      const queue = first.spool.queue(mailboxOf(0));
       // the backlog is queued first; then both relays go for the mailbox's 3 slots at once
       await queue.pause();
       await queueBacklog(first, COUNT);
@@ -245,10 +253,7 @@ describe("a relay refused a connection slot", () => {
       expect(
         new Set(upstream.messages.map((m) => m.raw.toString("latin1").match(/backlog-\d+/)?.[0])).size,
       ).toBe(COUNT);
-    } finally {
-      await Promise.all(relays.map((r) => r.stop()));
-      await upstream.stop();
-    }
+    });
   }, 180_000);
 });
 

@@ -60,7 +60,7 @@ export class Spool {
 
   /** Tells every relay process that this one waits for a connection slot of the mailbox (best effort). */
   wantSlot(mailbox: string): void {
-    this.redis.publish(this.slotWantedChannel, this.queueName(mailbox)).catch(() => {});
+    this.announce(this.slotWantedChannel, mailbox);
   }
 
   /** Pub/sub channel on which a process says it gave a mailbox's message back for want of a connection slot. */
@@ -74,7 +74,12 @@ export class Spool {
    * that waits for a slot: the one that gave the message back would otherwise take it straight back.
    */
   givenBack(mailbox: string): void {
-    this.redis.publish(this.givenBackChannel, this.queueName(mailbox)).catch(() => {});
+    this.announce(this.givenBackChannel, mailbox);
+  }
+
+  /** Publishes the mailbox's queue name on a channel of the relays' schedulers (best effort). */
+  private announce(channel: string, mailbox: string): void {
+    this.redis.publish(channel, this.queueName(mailbox)).catch(() => {});
   }
 
   /**
