@@ -11,7 +11,8 @@ export interface Worker {
   readonly pid: number;
   readonly port: number;
   readonly logFile: string;
-  stats(): Promise<ProcessStats>;
+  /** Its CPU time and memory; `profile`: see WorkerMessage (relay-worker.mjs only). */
+  stats(profile?: string): Promise<ProcessStats>;
   /** SIGTERM, and SIGKILL after timeoutMs; resolves with the exit code. */
   stop(timeoutMs?: number): Promise<number | null>;
 }
@@ -53,11 +54,11 @@ export async function startWorker(script: string, args: string[], logFile: strin
     pid,
     port,
     logFile,
-    stats: () =>
+    stats: (profile?: string) =>
       new Promise<ProcessStats>((resolve, reject) => {
         if (!child.connected) return reject(new Error(`${script}: IPC channel closed`));
         pending.push(resolve);
-        child.send({ type: "stats" } satisfies WorkerMessage);
+        child.send({ type: "stats", ...(profile ? { profile } : {}) } satisfies WorkerMessage);
       }),
     async stop(timeoutMs = 15_000) {
       if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;

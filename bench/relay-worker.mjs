@@ -3,9 +3,11 @@
  * `node bench/relay-worker.mjs <config.json>` (the benchmark spawns it with an IPC channel).
  * The JSON is a raw config, validated like a config file. Logs go to stdout (pino JSON, level info or
  * SLUICE_LOG_LEVEL). Sends { type: "ready", port } once listening, answers { type: "stats" } with its CPU
- * time and memory (see worker-ipc.ts), and stops cleanly on SIGTERM.
+ * time and memory (see worker-ipc.ts; it can also take a CPU profile between two of them), and stops cleanly on
+ * SIGTERM.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { Session } from "node:inspector/promises";
 import { parseConfig } from "../dist/config/load.js";
 import { createRelay } from "../dist/main.js";
 import { processStats } from "./worker-stats.mjs";
@@ -19,8 +21,29 @@ if (!file || !process.send) {
 const { config } = parseConfig(JSON.parse(readFileSync(file, "utf8")), process.env, file);
 const relay = await createRelay(config);
 
+/** A CPU profile of part of the run (the benchmark's --profile), or none. */
+let profiler;
+
+async function profile(instruction) {
+  if (instruction === "start") {
+    profiler = new Session();
+    profiler.connect();
+    await profiler.post("Profiler.enable");
+    await profiler.post("Profiler.start");
+  } else if (instruction && profiler) {
+    const { profile: taken } = await profiler.post("Profiler.stop");
+    writeFileSync(instruction, JSON.stringify(taken));
+    profiler.disconnect();
+    profiler = undefined;
+  }
+}
+
 process.on("message", (message) => {
-  if (message?.type === "stats") process.send?.({ type: "stats", stats: processStats() });
+  if (message?.type !== "stats") return;
+  profile(message.profile).then(
+    () => process.send?.({ type: "stats", stats: processStats() }),
+    (err) => console.error(err),
+  );
 });
 process.once("SIGTERM", () => {
   relay.stop().then(

@@ -20,7 +20,9 @@
  * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
  * relays x mailboxes), `--no-bare`, `--max-messages-per-connection N` (default 1,000, the relay's default),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
- * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json). BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" passes node options to the relays.
+ * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json), `--profile <dir>` (a CPU
+ * profile of each relay during each delivery run, to open in Chrome's DevTools). BENCH_NODE_ARGS="--cpu-prof
+ * --cpu-prof-dir=/tmp/prof" passes node options to the relays (profiles of their whole life).
  * The relays run from dist/ (npm run bench builds first).
  */
 import { execFileSync } from "node:child_process";
@@ -72,6 +74,10 @@ const RUNS = process.argv.includes("--runs")
   ? (process.argv[process.argv.indexOf("--runs") + 1] ?? "").split(",")
   : undefined;
 const KEEP = process.argv.includes("--keep");
+/** `--profile <dir>`: a CPU profile of each relay during each delivery run (not the queueing before it). */
+const PROFILE_DIR = process.argv.includes("--profile")
+  ? process.argv[process.argv.indexOf("--profile") + 1]
+  : undefined;
 /** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
 const ONLY = process.argv[process.argv.indexOf("--only") + 1] as
   | "delivery"
@@ -315,8 +321,13 @@ interface CpuSample {
   machineMs: number;
 }
 
-async function sampleCpu(relays: Worker[], redisPid: number | undefined): Promise<CpuSample> {
-  const stats = await Promise.all(relays.map((r) => r.stats()));
+async function sampleCpu(
+  relays: Worker[],
+  redisPid: number | undefined,
+  /** `--profile`: "start", or the file for relay i's profile (stops it). */
+  profile?: (relay: number) => string,
+): Promise<CpuSample> {
+  const stats = await Promise.all(relays.map((r, i) => r.stats(profile?.(i))));
   const cpu = process.cpuUsage();
   return {
     at: performance.now(),
@@ -817,7 +828,7 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     // Start the clock and let the relays go.
     syncDisks();
     const endProbe = await probeRedis(env.admin);
-    const before = await sampleCpu(relays, env.redis.pid());
+    const before = await sampleCpu(relays, env.redis.pid(), PROFILE_DIR ? () => "start" : undefined);
     const commandsBefore = infoField(await env.admin.info("stats"), "total_commands_processed");
     const commandStatsBefore = commandCalls(await env.admin.info("commandstats"));
     const startedAt = Date.now();
@@ -836,7 +847,13 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     };
     while (distinctCount() < queuedOk && Date.now() < deadline) await sleep(10);
     const timedOut = distinctCount() < queuedOk;
-    const after = await sampleCpu(relays, env.redis.pid());
+    const after = await sampleCpu(
+      relays,
+      env.redis.pid(),
+      PROFILE_DIR
+        ? (i) => join(PROFILE_DIR, `relay${i + 1}-${spec.relays}x${spec.mailboxes}.cpuprofile`)
+        : undefined,
+    );
     // less the two INFO calls of the benchmark itself
     const redisCommands =
       infoField(await env.admin.info("stats"), "total_commands_processed") - commandsBefore - 2;

@@ -13,7 +13,11 @@ export interface ProcessStats {
 
 export type WorkerMessage =
   | { type: "ready"; port: number }
-  | { type: "stats"; stats?: ProcessStats }
+  /**
+   * Stats asked and answered. relay-worker.mjs: `profile` "start" starts a CPU profile first; a file name
+   * stops it and writes it there (the benchmark's `--profile <dir>`: the delivery only, not the queueing).
+   */
+  | { type: "stats"; stats?: ProcessStats; profile?: string }
   /** bare-client-worker.mjs: start sending; and its answer once every message is sent. */
   | { type: "go" }
   | { type: "done" };

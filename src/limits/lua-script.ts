@@ -16,16 +16,46 @@ export class LuaScript {
     this.sha = createHash("sha1").update(source).digest("hex");
   }
 
+  /**
+   * Loads `./lua/<name>.lua`. A line `--#include <other>` is replaced by the source of `./lua/<other>.lua`, so
+   * one script can run another's logic inside its own (Redis scripts cannot call each other).
+   */
   static load(name: string): LuaScript {
-    return new LuaScript(name, readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), "utf8"));
+    return new LuaScript(name, readSource(name));
   }
 
   async run(redis: Redis, keys: readonly string[], args: readonly (string | number)[]): Promise<unknown> {
+    return this.call(redis, keys, args, false);
+  }
+
+  /** Like run(), with every bulk string of the reply as a Buffer (binary-safe: message bodies). */
+  async runBuffer(
+    redis: Redis,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+  ): Promise<unknown> {
+    return this.call(redis, keys, args, true);
+  }
+
+  private async call(
+    redis: Redis,
+    keys: readonly string[],
+    args: readonly (string | number)[],
+    buffers: boolean,
+  ): Promise<unknown> {
+    const argv = [keys.length, ...keys, ...args];
+    const send = (command: string, script: string) =>
+      buffers ? redis.callBuffer(command, script, ...argv) : redis.call(command, script, ...argv);
     try {
-      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
+      return await send("EVALSHA", this.sha);
     } catch (error) {
       if (!(error instanceof Error) || !error.message.startsWith("NOSCRIPT")) throw error;
-      return await redis.eval(this.source, keys.length, ...keys, ...args);
+      return await send("EVAL", this.source);
     }
   }
+}
+
+function readSource(name: string): string {
+  const source = readFileSync(new URL(`./lua/${name}.lua`, import.meta.url), "utf8");
+  return source.replace(/^--#include ([\w-]+)$/gm, (_line, other: string) => readSource(other));
 }

@@ -40,6 +40,21 @@ export type BudgetDecision =
       limit: number;
     };
 
+/** What startDelivery() found: nothing is taken unless `taken`. */
+export type DeliveryStart =
+  | { kind: "paused" /** The pause's stored value (MailboxPauses). */; pause: string }
+  | { kind: "no-body" }
+  | { kind: "refused"; decision: Extract<BudgetDecision, { ok: false }> }
+  | { kind: "taken"; body: Buffer };
+
+/** Keys startDelivery() looks at besides the mailbox's windows. */
+export interface DeliveryStartKeys {
+  /** The mailbox's pause (MailboxPauses.keyOf). */
+  pause: string;
+  /** The message body (Spool.bodyKey). */
+  body: string;
+}
+
 export interface BudgetUsage {
   messagesLastMinute: number;
   recipientsLastDay: number;
@@ -48,6 +63,7 @@ export interface BudgetUsage {
 const TAKE = LuaScript.load("budget-take");
 const REFUND = LuaScript.load("budget-refund");
 const USAGE = LuaScript.load("budget-usage");
+const DELIVERY_START = LuaScript.load("delivery-start");
 
 /**
  * Exact sliding-window budgets per mailbox, shared by all relay processes through Redis: messages per
@@ -74,19 +90,50 @@ export class MailboxBudget {
    * When refused nothing is recorded and the decision says which budget holds and for how long.
    */
   async take(mailbox: string, request: BudgetRequest, limits: BudgetLimits): Promise<BudgetDecision> {
+    const reply = await TAKE.run(this.redis, this.windowKeys(mailbox), this.takeArgs(request, limits));
+    return parseDecision(reply);
+  }
+
+  /**
+   * take(), in one round trip with what a delivery needs before its first batch: the mailbox is not paused,
+   * and the message body, which is read only once the budget is taken. When paused, when the body is
+   * missing and when refused, nothing is taken.
+   */
+  async startDelivery(
+    mailbox: string,
+    request: BudgetRequest,
+    limits: BudgetLimits,
+    keys: DeliveryStartKeys,
+  ): Promise<DeliveryStart> {
+    const reply = await DELIVERY_START.runBuffer(
+      this.redis,
+      [...this.windowKeys(mailbox), keys.pause, keys.body],
+      this.takeArgs(request, limits),
+    );
+    if (Array.isArray(reply) && reply[0] === 1 && Buffer.isBuffer(reply[1]))
+      return { kind: "taken", body: reply[1] };
+    if (Array.isArray(reply) && reply[0] === 2) return { kind: "paused", pause: String(reply[1]) };
+    if (Array.isArray(reply) && reply[0] === 3) return { kind: "no-body" };
+    const decision = parseDecision(
+      Array.isArray(reply) ? reply.map((v) => (Buffer.isBuffer(v) ? String(v) : v)) : reply,
+    );
+    if (decision.ok) throw new Error("delivery-start.lua: a take without the body");
+    return { kind: "refused", decision };
+  }
+
+  private takeArgs(request: BudgetRequest, limits: BudgetLimits): (string | number)[] {
     requireNonEmpty("request.id", request.id);
     requirePositiveInteger("request.recipients", request.recipients);
     requirePositiveInteger("limits.messagesPerMinute", limits.messagesPerMinute);
     requirePositiveInteger("limits.recipientsPerDay", limits.recipientsPerDay);
-    const reply = await TAKE.run(this.redis, this.windowKeys(mailbox), [
+    return [
       request.id,
       request.recipients,
       limits.messagesPerMinute,
       limits.recipientsPerDay,
       this.minuteMs,
       this.dayMs,
-    ]);
-    return parseDecision(reply);
+    ];
   }
 
   /** Gives a take's message and recipients back (it was not sent after all). Unknown ids are ignored. */

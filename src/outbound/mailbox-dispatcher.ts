@@ -5,7 +5,7 @@ import { TokenRefused, TokenUnavailable } from "../auth/token-errors.js";
 import type { UpstreamCredentials } from "../auth/upstream-credentials.js";
 import type { Limits } from "../config/schema.js";
 import type { ConnectionLeases } from "../limits/connection-leases.js";
-import type { MailboxBudget } from "../limits/mailbox-budget.js";
+import type { BudgetDecision, DeliveryStart, MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import { type RelayEvents, replyClassOf } from "../relay-events.js";
 import type { LastBatch, MessageJob } from "../spool/message-job.js";
@@ -75,6 +75,10 @@ const SLOT_STARVED_MS = 1_000;
 
 /** A reply as the job's log keeps it: `<ISO time> <reply>`. */
 const stamped = (reply: string) => `${new Date().toISOString()} ${reply}`;
+
+/** A later batch's budget take as a DeliveryStart (the body is the one read with the first batch's). */
+const takenOrRefused = (decision: BudgetDecision, body: Buffer): DeliveryStart =>
+  decision.ok ? { kind: "taken", body } : { kind: "refused", decision };
 
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
@@ -253,22 +257,7 @@ export class MailboxDispatcher implements DeliveryLane {
       });
       throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
     }
-    const pause = await pauses.get(mailbox);
-    if (pause) {
-      this.logger.debug({ ...log(), event: "deferred", pause: pause.kind }, "mailbox paused: message waits");
-      // the mailbox's other messages would wait as well: none taken until the pause ends (or a wake says it was lifted)
-      this.options.scheduler.backOff(this.name, pause.until);
-      return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
-    }
-    // after the pause: a paused mailbox takes a message every few seconds, and a body can be a 35 MB scan
-    const body = await spool.readBody(job.data.id);
-    if (!body) {
-      this.logger.error(
-        log(),
-        "message body missing: an earlier run of this job already delivered it (its queue lock was lost), or the submission was never acknowledged; dropping the job",
-      );
-      return;
-    }
+    let body: Buffer | undefined;
     const deferred: string[] = [];
     let batches = 0;
     let lastReply: string | undefined;
@@ -290,8 +279,33 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       const batch = job.data.recipients.slice(0, batchSize);
       const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
-      const decision = await budget.take(mailbox, { id: takeId, recipients: batch.length }, budgetLimits);
-      if (!decision.ok) {
+      const request = { id: takeId, recipients: batch.length };
+      // the first batch: the pause, the budget and the body in one round trip; the next ones: the budget
+      const start: DeliveryStart = body
+        ? takenOrRefused(await budget.take(mailbox, request, budgetLimits), body)
+        : await budget.startDelivery(mailbox, request, budgetLimits, {
+            pause: pauses.keyOf(mailbox),
+            body: spool.bodyKey(job.data.id),
+          });
+      if (start.kind === "paused") {
+        const pause = pauses.parse(start.pause);
+        this.logger.debug(
+          { ...log(), event: "deferred", pause: pause.kind },
+          "mailbox paused: message waits",
+        );
+        // the mailbox's other messages would wait as well: none taken until the pause ends (or a wake says it was lifted)
+        this.options.scheduler.backOff(this.name, pause.until);
+        return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
+      }
+      if (start.kind === "no-body") {
+        this.logger.error(
+          log(),
+          "message body missing: an earlier run of this job already delivered it (its queue lock was lost), or the submission was never acknowledged; dropping the job",
+        );
+        return;
+      }
+      if (start.kind === "refused") {
+        const { decision } = start;
         if (decision.retryInMs < 0) {
           throw new UnrecoverableError(
             `a batch of ${batch.length} recipients can never fit ${decision.budget} = ${decision.limit}: raise the limit or lower recipientsPerMessage`,
@@ -316,11 +330,12 @@ export class MailboxDispatcher implements DeliveryLane {
           this.options.scheduler.backOff(this.name, Date.now() + decision.retryInMs + 50);
         return this.hold(job, token, decision.retryInMs + 50 + (job.data.priority === "bulk" ? 1_000 : 0));
       }
+      body = start.body;
       let connection: UpstreamConnection | undefined;
       let healthy = false;
       try {
         connection = await this.acquireConnection(job);
-        const result = await connection.send(mailbox, batch, body);
+        const result = await connection.send(mailbox, batch, start.body);
         healthy = true;
         // the connection goes back before the bookkeeping below, so the next message need not wait for it; and
         // the bookkeeping waits a moment, so that it does not hold up this event loop while the connection's

@@ -19,15 +19,20 @@ export class MailboxPauses {
     private readonly prefix: string,
   ) {}
 
-  private key(mailbox: string): string {
+  /** Where the mailbox's pause is kept (read by MailboxBudget.startDelivery too: parse() its value). */
+  keyOf(mailbox: string): string {
     return `${this.prefix}:pause:${mailbox}`;
+  }
+
+  parse(value: string): MailboxPause {
+    return JSON.parse(value) as MailboxPause;
   }
 
   /** Pauses the mailbox for durationMs; returns false when it was already paused (so only one process logs it). */
   async pause(mailbox: string, kind: PauseKind, reason: string, durationMs: number): Promise<boolean> {
     const pause: MailboxPause = { kind, reason, until: Date.now() + durationMs };
     const set = await this.redis.set(
-      this.key(mailbox),
+      this.keyOf(mailbox),
       JSON.stringify(pause),
       "PX",
       Math.max(1, durationMs),
@@ -39,15 +44,15 @@ export class MailboxPauses {
   /** Sets the pause whatever was there before (an operator's pause replaces an automatic one). */
   async replace(mailbox: string, kind: PauseKind, reason: string, durationMs: number): Promise<void> {
     const pause: MailboxPause = { kind, reason, until: Date.now() + durationMs };
-    await this.redis.set(this.key(mailbox), JSON.stringify(pause), "PX", Math.max(1, durationMs));
+    await this.redis.set(this.keyOf(mailbox), JSON.stringify(pause), "PX", Math.max(1, durationMs));
   }
 
   async get(mailbox: string): Promise<MailboxPause | null> {
-    const value = await this.redis.get(this.key(mailbox));
-    return value ? (JSON.parse(value) as MailboxPause) : null;
+    const value = await this.redis.get(this.keyOf(mailbox));
+    return value ? this.parse(value) : null;
   }
 
   async resume(mailbox: string): Promise<boolean> {
-    return (await this.redis.del(this.key(mailbox))) === 1;
+    return (await this.redis.del(this.keyOf(mailbox))) === 1;
   }
 }

@@ -210,4 +210,56 @@ describe("mailbox budget", () => {
     ).rejects.toThrow(/messagesPerMinute/);
     expect(() => new MailboxBudget(redis, "x", { dayMs: -1 })).toThrow(/dayMs/);
   });
+
+  describe("startDelivery: the pause, the take and the body in one round trip", () => {
+    // every byte value, so a body that is not valid UTF-8 must come back as it was stored
+    const BODY = Buffer.from(Array.from({ length: 1024 }, (_, i) => i % 256));
+    const keysFor = (prefix: string) => ({ pause: `${prefix}:pause`, body: `${prefix}:body` });
+
+    it("takes the budget and returns the body byte for byte", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      await redis.set(keysFor(prefix).body, BODY);
+      const start = await budget.startDelivery(MAILBOX, take(3), GENEROUS, keysFor(prefix));
+      expect(start.kind).toBe("taken");
+      if (start.kind !== "taken") throw new Error("unreachable");
+      expect(start.body.equals(BODY)).toBe(true);
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 3 });
+    });
+
+    it("takes nothing from a paused mailbox and returns its pause", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      await redis.set(keysFor(prefix).body, BODY);
+      await redis.set(keysFor(prefix).pause, '{"kind":"auth"}');
+      expect(await budget.startDelivery(MAILBOX, take(), GENEROUS, keysFor(prefix))).toEqual({
+        kind: "paused",
+        pause: '{"kind":"auth"}',
+      });
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+    });
+
+    it("takes nothing for a message whose body is gone", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      expect(await budget.startDelivery(MAILBOX, take(), GENEROUS, keysFor(prefix))).toEqual({
+        kind: "no-body",
+      });
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+    });
+
+    it("refuses as take() does when the budget is spent, without the body", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      await redis.set(keysFor(prefix).body, BODY);
+      const limits = { messagesPerMinute: 1, recipientsPerDay: 10_000 };
+      expect((await budget.startDelivery(MAILBOX, take(), limits, keysFor(prefix))).kind).toBe("taken");
+      const refused = await budget.startDelivery(MAILBOX, take(), limits, keysFor(prefix));
+      expect(refused).toMatchObject({
+        kind: "refused",
+        decision: { ok: false, budget: "messagesPerMinute", used: 1, limit: 1 },
+      });
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 1 });
+    });
+  });
 });
