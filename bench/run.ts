@@ -19,6 +19,7 @@
  * writes bench/results/latest.json. Options (results then go to latest-partial.json): `--quick` (about
  * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
  * relays x mailboxes), `--no-bare`, `--max-messages-per-connection N` (default 1,000, the relay's default),
+ * `--delivery-concurrency N` (the relays' deliveryConcurrency; default the relay's, 200),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json), `--profile <dir>` (a CPU
  * profile of each relay during each delivery run, to open in Chrome's DevTools). BENCH_NODE_ARGS="--cpu-prof
@@ -62,30 +63,23 @@ import { childPid, machineCpuMs, procCpuMs, procRss, startWorker, type Worker } 
 import type { ProcessStats, WorkerMessage } from "./worker-ipc.js";
 
 const QUICK = process.argv.includes("--quick");
+/** The word after `--name` on the command line, if the flag is there. */
+const flagValue = (name: string): string | undefined =>
+  process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1] : undefined;
 /**
  * Messages an upstream connection carries before it is closed and a new one opened: the relay's
  * `upstream.maxMessagesPerConnection`, and the bare client's too. Default: the relay's default (1,000).
  */
-const MESSAGES_PER_CONNECTION = process.argv.includes("--max-messages-per-connection")
-  ? Number(process.argv[process.argv.indexOf("--max-messages-per-connection") + 1])
-  : 1_000;
+const MESSAGES_PER_CONNECTION = Number(flagValue("--max-messages-per-connection") ?? 1_000);
+/** `--delivery-concurrency N`: the relays' deliveryConcurrency (default: the relay's default). */
+const DELIVERY_CONCURRENCY = flagValue("--delivery-concurrency");
 /** `--runs 2x1,1x10`: only these delivery runs (relays x mailboxes), for development. */
-const RUNS = process.argv.includes("--runs")
-  ? (process.argv[process.argv.indexOf("--runs") + 1] ?? "").split(",")
-  : undefined;
+const RUNS = flagValue("--runs")?.split(",");
 const KEEP = process.argv.includes("--keep");
 /** `--profile <dir>`: a CPU profile of each relay during each delivery run (not the queueing before it). */
-const PROFILE_DIR = process.argv.includes("--profile")
-  ? process.argv[process.argv.indexOf("--profile") + 1]
-  : undefined;
+const PROFILE_DIR = flagValue("--profile");
 /** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
-const ONLY = process.argv[process.argv.indexOf("--only") + 1] as
-  | "delivery"
-  | "ingest"
-  | "large"
-  | "mailboxes500"
-  | "backlog"
-  | undefined;
+const ONLY = flagValue("--only") as "delivery" | "ingest" | "large" | "mailboxes500" | "backlog" | undefined;
 const RUN_DELIVERY = !process.argv.includes("--only") || ONLY === "delivery";
 const RUN_INGEST = !process.argv.includes("--only") || ONLY === "ingest";
 const RUN_LARGE = !process.argv.includes("--only") || ONLY === "large";
@@ -95,9 +89,7 @@ const RUN_ALL = RUN_DELIVERY && RUN_INGEST && RUN_LARGE && RUN_MAILBOXES500 && R
 /** The queue of mail whose client has no mailbox (src/spool/spool.ts HELD_QUEUE). */
 const HELD_QUEUE_NAME = "held";
 /** `--appendfsync everysec|no`: an experiment (results go to latest-partial.json); default always. */
-const APPENDFSYNC = process.argv.includes("--appendfsync")
-  ? (process.argv[process.argv.indexOf("--appendfsync") + 1] ?? "always")
-  : "always";
+const APPENDFSYNC = flagValue("--appendfsync") ?? "always";
 const HERE = import.meta.dirname;
 const ROOT = join(HERE, "..");
 const RELAY_WORKER = join(HERE, "relay-worker.mjs");
@@ -288,6 +280,7 @@ function relayConfig(options: {
     dataDir: options.dataDir,
     hostname: "relay.bench",
     shutdownTimeout: 5_000,
+    ...(DELIVERY_CONCURRENCY ? { deliveryConcurrency: Number(DELIVERY_CONCURRENCY) } : {}),
     ...(options.upstream
       ? {
           upstream: {
@@ -1923,7 +1916,7 @@ async function main(): Promise<void> {
 
   const resultsDir = join(HERE, "results");
   mkdirSync(resultsDir, { recursive: true });
-  const partial = !RUN_ALL || APPENDFSYNC !== "always";
+  const partial = !RUN_ALL || APPENDFSYNC !== "always" || DELIVERY_CONCURRENCY !== undefined;
   const file = join(resultsDir, QUICK || partial ? "latest-partial.json" : "latest.json");
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   log(`wrote ${file} in ${report.durationSeconds} s`);
