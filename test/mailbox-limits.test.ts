@@ -1,5 +1,6 @@
 import { Redis } from "ioredis";
 import { describe, expect, inject, it } from "vitest";
+import { MailboxBudget } from "../src/limits/mailbox-budget.js";
 import { MailboxPauses } from "../src/outbound/mailbox-pauses.js";
 import { type TestRelay, waitFor } from "./support/relay.js";
 import { buildMessage, submit } from "./support/smtp-client.js";
@@ -187,6 +188,38 @@ describe("budgets", () => {
       expect((all[i]?.receivedAt ?? 0) - (all[i - 20]?.receivedAt ?? 0)).toBeGreaterThanOrEqual(59_000);
     }
   }, 120_000);
+});
+
+describe("a job whose body is gone", () => {
+  it("is dropped without sending anything or spending the mailbox's budget, and the next message goes out", async () => {
+    // what a relay that died between removing a delivered message's body and completing its job leaves behind
+    const r = await relay();
+    const queue = r.spool.queue(MAILBOX);
+    await queue.pause();
+    expect((await send(r, ["gone@example.com"])).ok).toBe(true);
+    const [job] = await queue.getJobs(["wait", "prioritized"]);
+    if (!job?.id) throw new Error("no queued job");
+    const redis = new Redis(redisUrl);
+    try {
+      expect(await redis.del(r.spool.bodyKey(job.id))).toBe(1);
+      await queue.resume();
+      r.spool.wake(MAILBOX);
+      await waitFor(
+        () => r.logs.some((l) => l.msg.startsWith("message body missing")),
+        20_000,
+        "drop logged",
+      );
+      expect((await send(r, ["next@example.com"])).ok).toBe(true);
+      const [delivered] = await fx.upstream.waitForMessages(1);
+      expect(delivered?.rcptTo).toEqual(["next@example.com"]);
+      await waitFor(async () => (await queue.getCompletedCount()) === 2, 10_000, "both jobs completed");
+      expect(fx.upstream.messages).toHaveLength(1);
+      const budget = new MailboxBudget(redis, r.config.redisPrefix);
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 1 });
+    } finally {
+      await redis.quit();
+    }
+  });
 });
 
 describe("independence and pauses", () => {

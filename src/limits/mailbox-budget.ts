@@ -42,7 +42,11 @@ export type BudgetDecision =
 
 /** What startDelivery() found: nothing is taken unless `taken`. */
 export type DeliveryStart =
-  | { kind: "paused" /** The pause's stored value (MailboxPauses). */; pause: string }
+  | {
+      kind: "paused";
+      /** The pause's stored value (MailboxPauses.parse reads it). */
+      pause: string;
+    }
   | { kind: "no-body" }
   | { kind: "refused"; decision: Extract<BudgetDecision, { ok: false }> }
   | { kind: "taken"; body: Buffer };
