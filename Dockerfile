@@ -33,5 +33,6 @@ EXPOSE 2525
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
   CMD ["node", "-e", "const s=require('net').connect(2525,'127.0.0.1');s.setTimeout(5000,()=>process.exit(1));s.on('error',()=>process.exit(1));s.once('data',(d)=>{const ok=String(d).startsWith('220');s.end('QUIT\\r\\n',()=>process.exit(ok?0:1))})"]
 
-ENTRYPOINT ["node", "dist/cli.js"]
+# one GC thread: see docs/deployment.md ("Node's garbage collector")
+ENTRYPOINT ["node", "--single-threaded-gc", "dist/cli.js"]
 CMD ["start", "--config", "/etc/sluice/sluice.yaml"]

@@ -20,8 +20,12 @@ export interface Worker {
 /** Spawns `node <script> ...args` with stdout/stderr into logFile; resolves once it says ready. */
 export async function startWorker(script: string, args: string[], logFile: string): Promise<Worker> {
   const log = openSync(logFile, "a");
-  // e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" to profile the relays
-  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(/\s+/).filter(Boolean);
+  // one GC thread, as sluice ships (npm start, the Dockerfile, examples/sluice.service), for the bare client and
+  // the sink too so that they stay comparable; e.g. BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof" adds to it
+  const nodeArgs = [
+    "--single-threaded-gc",
+    ...(process.env.BENCH_NODE_ARGS ?? "").split(/\s+/).filter(Boolean),
+  ];
   const child = spawn(process.execPath, [...nodeArgs, script, ...args], {
     stdio: ["ignore", log, log, "ipc"],
     env: { ...process.env, FORCE_COLOR: "0" },

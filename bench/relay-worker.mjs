@@ -1,5 +1,5 @@
 /**
- * One relay as its own OS process, run from the build (dist/) with plain node, as it ships:
+ * One relay as its own OS process, run from the build (dist/) with node --single-threaded-gc, as it ships:
  * `node bench/relay-worker.mjs <config.json>` (the benchmark spawns it with an IPC channel).
  * The JSON is a raw config, validated like a config file. Logs go to stdout (pino JSON, level info or
  * SLUICE_LOG_LEVEL). Sends { type: "ready", port } once listening, answers { type: "stats" } with its CPU

@@ -1893,7 +1893,7 @@ async function main(): Promise<void> {
       messageBytes: MESSAGE_BYTES,
       upstream: `fake Office 365 on loopback: STARTTLS (test PKI, verified), AUTH PLAIN, ${REPLY_DELAY_MS} ms before each end-of-DATA reply, 432 4.3.2 beyond ${CONNECTIONS_PER_MAILBOX} connections per mailbox`,
       delivery:
-        "1 or 2 relay processes (run from dist/ with plain node), one private redis-server (appendonly yes, appendfsync always) over TCP, queues paused while the backlog is submitted, clock starts at resume",
+        "1 or 2 relay processes (run from dist/ with node --single-threaded-gc, as shipped), one private redis-server (appendonly yes, appendfsync always) over TCP, queues paused while the backlog is submitted, clock starts at resume",
       ceilingPerMailbox: CEILING_PER_MAILBOX,
       ingest: `${PLAN.ingest.connections} connections, one reused connection each, ${PLAN.ingest.warmupMs} ms warm-up then ${PLAN.ingest.durationMs} ms measured; mail held (no mailbox configured)`,
     },

@@ -148,7 +148,7 @@ describe("Dockerfile", () => {
   it("exposes 2525, has a health check and starts the CLI with the mounted config", () => {
     expect(lines).toContain("EXPOSE 2525");
     expect(lines.some((line) => line.startsWith("HEALTHCHECK "))).toBe(true);
-    expect(lines).toContain('ENTRYPOINT ["node", "dist/cli.js"]');
+    expect(lines).toContain('ENTRYPOINT ["node", "--single-threaded-gc", "dist/cli.js"]');
     expect(lines).toContain('CMD ["start", "--config", "/etc/sluice/sluice.yaml"]');
   });
 
@@ -199,7 +199,7 @@ describe("examples/sluice.service", () => {
     expect(unit).toMatch(/^User=sluice$/m);
     expect(unit).toMatch(/^WorkingDirectory=\/opt\/sluice$/m);
     expect(unit).toMatch(
-      /^ExecStart=\/usr\/bin\/node dist\/cli\.js start --config \/etc\/sluice\/sluice\.yaml$/m,
+      /^ExecStart=\/usr\/bin\/node --single-threaded-gc dist\/cli\.js start --config \/etc\/sluice\/sluice\.yaml$/m,
     );
     expect(unit).toMatch(/^EnvironmentFile=\/etc\/sluice\/sluice\.env$/m);
   });
@@ -208,6 +208,13 @@ describe("examples/sluice.service", () => {
     expect(unit).toMatch(/^NoNewPrivileges=yes$/m);
     expect(unit).toMatch(/^ProtectSystem=strict$/m);
     expect(unit).toMatch(/^ReadWritePaths=\/var\/lib\/sluice$/m);
+  });
+});
+
+describe("package.json", () => {
+  it("starts the relay as the Docker image and the systemd unit do: node with one GC thread", () => {
+    const { scripts } = JSON.parse(read("package.json")) as { scripts: Record<string, string> };
+    expect(scripts.start).toMatch(/ node --single-threaded-gc dist\/cli\.js start$/);
   });
 });
 
