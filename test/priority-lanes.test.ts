@@ -118,8 +118,9 @@ async function startLanes(mailbox: string, replyDelayMs: number, settings: Recor
 describe("the last connection", () => {
   it("is left to interactive mail: while it waits, bulk mail brings no further connection into use", async () => {
     const MAILBOX2 = "alerts@contoso.com";
-    // slow replies keep both connections busy, so who takes the next free one is visible in the order
-    const { slow, relay, sendAlert, stop } = await startLanes(MAILBOX2, 300, {
+    // slow replies keep both connections busy, so who takes the next free one is visible in the order; 1 s, so
+    // that the alert is queued within one reply even on a loaded machine (300 ms failed once in a full run)
+    const { slow, relay, sendAlert, stop } = await startLanes(MAILBOX2, 1_000, {
       mailboxes: {
         [MAILBOX2]: {
           password: "pw",
