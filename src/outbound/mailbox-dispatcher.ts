@@ -109,8 +109,12 @@ export class MailboxDispatcher implements DeliveryLane {
   private readonly worker: LaneWorker;
   private readonly pool: ConnectionPool;
   private readonly logger: Logger;
-  /** Interactive jobs of this process waiting in acquireConnection(). */
-  private interactiveAcquiring = 0;
+  /**
+   * Interactive jobs of this process being delivered, from the moment they are taken: one taken from the queue
+   * is no longer counted there, and reads its body before it asks for a connection; bulk mail must not take the
+   * last connection meanwhile (counting them only while they waited for one let bulk mail slip in).
+   */
+  private interactiveInProgress = 0;
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -238,6 +242,16 @@ export class MailboxDispatcher implements DeliveryLane {
 
   /** Delivers the job's remaining recipients; the last batch's outcome is the job's return value. */
   private async deliver(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
+    if (job.data.priority === "bulk") return this.deliverJob(job, token);
+    this.interactiveInProgress++;
+    try {
+      return await this.deliverJob(job, token);
+    } finally {
+      this.interactiveInProgress--;
+    }
+  }
+
+  private async deliverJob(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
     const { spool, retry, mailbox, limits, budget, pauses } = this.options;
     // the mailbox is in every line already: this.logger is a child logger bound to it
     const log = () => ({
@@ -483,9 +497,9 @@ export class MailboxDispatcher implements DeliveryLane {
     return { ...limits, messagesPerMinute: limits.messagesPerMinute - 1 };
   }
 
-  /** Interactive mail waiting for this mailbox: in the queue, or in this process for a connection. */
+  /** Interactive mail waiting for this mailbox: in the queue, or being delivered by this process. */
   private async interactiveWaiting(): Promise<boolean> {
-    if (this.interactiveAcquiring > 0) return true;
+    if (this.interactiveInProgress > 0) return true;
     return (await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0;
   }
 
@@ -502,12 +516,7 @@ export class MailboxDispatcher implements DeliveryLane {
           connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
       });
     }
-    this.interactiveAcquiring++;
-    try {
-      return await this.pool.acquire();
-    } finally {
-      this.interactiveAcquiring--;
-    }
+    return this.pool.acquire();
   }
 
   /** Acts on the reply table's verdict; always throws (hold, retry or fail). */
