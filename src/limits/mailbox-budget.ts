@@ -114,13 +114,12 @@ export class MailboxBudget {
       [...this.windowKeys(mailbox), keys.pause, keys.body],
       this.takeArgs(request, limits),
     );
-    if (Array.isArray(reply) && reply[0] === 1 && Buffer.isBuffer(reply[1]))
-      return { kind: "taken", body: reply[1] };
-    if (Array.isArray(reply) && reply[0] === 2) return { kind: "paused", pause: String(reply[1]) };
-    if (Array.isArray(reply) && reply[0] === 3) return { kind: "no-body" };
-    const decision = parseDecision(
-      Array.isArray(reply) ? reply.map((v) => (Buffer.isBuffer(v) ? String(v) : v)) : reply,
-    );
+    if (!Array.isArray(reply)) throw new Error(`delivery-start.lua: unexpected reply ${String(reply)}`);
+    const [outcome, value] = reply;
+    if (outcome === 1 && Buffer.isBuffer(value)) return { kind: "taken", body: value };
+    if (outcome === 2) return { kind: "paused", pause: String(value) };
+    if (outcome === 3) return { kind: "no-body" };
+    const decision = parseDecision(reply.map((v) => (Buffer.isBuffer(v) ? String(v) : v)));
     if (decision.ok) throw new Error("delivery-start.lua: a take without the body");
     return { kind: "refused", decision };
   }

@@ -349,7 +349,7 @@ export class MailboxDispatcher implements DeliveryLane {
       let healthy = false;
       try {
         connection = await this.acquireConnection(job);
-        const result = await connection.send(mailbox, batch, start.body);
+        const result = await connection.send(mailbox, batch, body);
         healthy = true;
         // the connection goes back before the bookkeeping below, so the next message need not wait for it; and
         // the bookkeeping waits a moment, so that it does not hold up this event loop while the connection's
