@@ -30,9 +30,17 @@ async function profile(instruction) {
     profiler.connect();
     await profiler.post("Profiler.enable");
     await profiler.post("Profiler.start");
+    // where the memory goes: a sample every 32 KB allocated, short-lived objects included
+    await profiler.post("HeapProfiler.startSampling", {
+      samplingInterval: 32 * 1024,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    });
   } else if (instruction && profiler) {
     const { profile: taken } = await profiler.post("Profiler.stop");
     writeFileSync(instruction, JSON.stringify(taken));
+    const { profile: allocations } = await profiler.post("HeapProfiler.stopSampling");
+    writeFileSync(instruction.replace(/\.cpuprofile$/, ".heapprofile"), JSON.stringify(allocations));
     profiler.disconnect();
     profiler = undefined;
   }
@@ -40,10 +48,10 @@ async function profile(instruction) {
 
 process.on("message", (message) => {
   if (message?.type !== "stats") return;
-  profile(message.profile).then(
-    () => process.send?.({ type: "stats", stats: processStats() }),
-    (err) => console.error(err),
-  );
+  // the stats are sent whatever became of the profile: the benchmark waits for them
+  profile(message.profile)
+    .catch((err) => console.error(err))
+    .then(() => process.send?.({ type: "stats", stats: processStats() }));
 });
 process.once("SIGTERM", () => {
   relay.stop().then(

@@ -78,6 +78,7 @@ const RUNS = flagValue("--runs")?.split(",");
 const KEEP = process.argv.includes("--keep");
 /** `--profile <dir>`: a CPU profile of each relay during each delivery run (not the queueing before it). */
 const PROFILE_DIR = flagValue("--profile");
+if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
 /** `--only delivery` or `--only ingest`: run one part (for development; results go to a separate file). */
 const ONLY = flagValue("--only") as "delivery" | "ingest" | "large" | "mailboxes500" | "backlog" | undefined;
 const RUN_DELIVERY = !process.argv.includes("--only") || ONLY === "delivery";

@@ -9,30 +9,40 @@ export interface LoggerOptions {
   destination?: DestinationStream;
 }
 
-/** Keys that may carry secrets anywhere in a log object. */
-const REDACT = [
+/** Keys whose values are secrets, wherever they are logged (top level, or in a container below). */
+const SECRET_KEYS = [
   "password",
   "pass",
-  "*.password",
-  "*.pass",
   "clientSecret",
+  "client_secret",
+  "client_assertion",
   "accessToken",
+  "access_token",
   "privateKey",
-  "*.clientSecret",
-  "*.client_secret",
-  "*.client_assertion",
-  "*.accessToken",
-  "*.access_token",
-  "*.privateKey",
-  "*.token",
-  "*.oauth2.clientSecret",
-  "auth.credentials",
+  "token",
+  "credentials",
+];
+
+/** Object-valued keys a log line might carry settings or a login in: their secret keys are censored too. */
+const CONTAINERS = ["auth", "upstream", "mailbox", "oauth2", "config", "options", "settings"];
+
+/**
+ * Exact paths only. A wildcard (`*.password`) makes pino clone and re-serialize every line's object to look for
+ * it: 16 us and about 5 KB of garbage per line instead of 3 us (a loop of 100,000 lines; the relays spent a
+ * fifth of their allocations there, one line per message), while an exact path costs a line nothing unless
+ * the line has that top-level key. Our own lines carry flat fields (ids, addresses, replies, error messages):
+ * the paths are the safety net for a secret or a settings object logged by mistake.
+ */
+export const REDACTED_PATHS = [
+  ...SECRET_KEYS,
+  ...CONTAINERS.flatMap((container) => SECRET_KEYS.map((key) => `${container}.${key}`)),
+  ...CONTAINERS.map((container) => `${container}.oauth2.clientSecret`),
 ];
 
 export function createLogger(options: LoggerOptions = {}): Logger {
   const base = {
     level: options.level ?? process.env.SLUICE_LOG_LEVEL ?? "info",
-    redact: { paths: REDACT, censor: "[secret]" },
+    redact: { paths: REDACTED_PATHS, censor: "[secret]" },
   };
   if (options.destination) return pino(base, options.destination);
   if (process.stdout.isTTY) {

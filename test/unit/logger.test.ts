@@ -1,5 +1,7 @@
 import { spawn } from "node:child_process";
+import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { createLogger } from "../../src/logger.js";
 
 /**
  * Runs `script` (ESM, with createLogger imported) in a child process whose stdout is a pipe, as under systemd or
@@ -59,5 +61,55 @@ describe("the relay's log (stdout, written asynchronously)", () => {
     // killed with SIGKILL: only a line written while the process ran is here
     expect(lines).toHaveLength(1);
     expect(JSON.parse(lines[0] as string)).toMatchObject({ event: "paused" });
+  });
+});
+
+describe("secrets in log lines", () => {
+  /** One line logged through createLogger, parsed. */
+  function logged(fields: Record<string, unknown>): Record<string, unknown> {
+    let line = "";
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        line += chunk.toString();
+        done();
+      },
+    });
+    createLogger({ destination }).info(fields, "a line");
+    return JSON.parse(line) as Record<string, unknown>;
+  }
+
+  it("censors a secret at the top level of a line", () => {
+    const line = logged({
+      id: "Q1",
+      password: "hunter2",
+      token: "eyJ0",
+      clientSecret: "s3cret",
+      credentials: { a: 1 },
+    });
+    expect(line).toMatchObject({
+      id: "Q1",
+      password: "[secret]",
+      token: "[secret]",
+      clientSecret: "[secret]",
+    });
+    expect(line.credentials).toBe("[secret]");
+  });
+
+  it("censors a secret inside a settings object or a login logged by mistake, and keeps the rest of it", () => {
+    const line = logged({
+      upstream: { host: "smtp.office365.com", password: "mailbox-pass" },
+      auth: { user: "scanner", pass: "scan-pass", credentials: { user: "scanner", pass: "x" } },
+      mailbox: { oauth2: { clientSecret: "app-secret", tenant: "contoso" }, accessToken: "eyJ1" },
+      config: { privateKey: "-----BEGIN PRIVATE KEY-----" },
+    });
+    const text = JSON.stringify(line);
+    for (const secret of ["mailbox-pass", "scan-pass", "app-secret", "eyJ1", "BEGIN PRIVATE KEY"]) {
+      expect(text).not.toContain(secret);
+    }
+    expect(line).toMatchObject({
+      upstream: { host: "smtp.office365.com", password: "[secret]" },
+      auth: { user: "scanner", pass: "[secret]", credentials: "[secret]" },
+      mailbox: { oauth2: { clientSecret: "[secret]", tenant: "contoso" }, accessToken: "[secret]" },
+    });
   });
 });
