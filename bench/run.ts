@@ -856,7 +856,7 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
       .map(([name, calls]) => [name, calls - (commandStatsBefore.get(name) ?? 0)] as const)
       .filter(([, calls]) => calls > 0)
       .sort((a, b) => b[1] - a[1])
-      .slice(0, 10);
+      .slice(0, 24);
     log(`  Redis commands per message: ${busiest.map(([n, c]) => `${n} ${round(c / total, 1)}`).join(", ")}`);
     const redisClients = infoField(await env.admin.info("clients"), "connected_clients");
     const redisProbe = await endProbe();

@@ -9,13 +9,16 @@ export function limitKeys(prefix: string, mailbox: string) {
     leases: `${base}:leases`,
     /** HASH `level`, `changedAt`: the effective connection limit after a 432, and when it last changed. */
     concurrency: `${base}:concurrency`,
-    /** ZSET take id -> time of the take (ms, Redis clock), one entry per message. */
-    messages: `${base}:messages`,
-    /** ZSET take id -> time of the take (ms, Redis clock), for the recipient window. */
-    recipients: `${base}:recipients`,
+    /**
+     * ZSET take id -> time of the take (ms, Redis clock), one entry per message (batch) taken in the last day:
+     * those of the last minute are the message window, all of them the recipient window. (Until 2026-11-26 the
+     * message window had a ZSET of its own, `:messages`, with the same entries; it expires a minute after its
+     * last write.)
+     */
+    takes: `${base}:recipients`,
     /** HASH take id -> recipients of that take. */
     recipientCosts: `${base}:recipients:cost`,
-    /** STRING: sum of recipientCosts over the entries still in `recipients`. */
+    /** STRING: sum of recipientCosts over the entries still in `takes`. */
     recipientTotal: `${base}:recipients:total`,
   };
 }

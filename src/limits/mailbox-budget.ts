@@ -87,6 +87,8 @@ export class MailboxBudget {
     this.dayMs = options.dayMs ?? 86_400_000;
     requirePositiveInteger("minuteMs", this.minuteMs);
     requirePositiveInteger("dayMs", this.dayMs);
+    // one ZSET serves both windows, purged at the day window's edge
+    if (this.minuteMs > this.dayMs) throw new RangeError("minuteMs must not be longer than dayMs");
   }
 
   /**
@@ -155,7 +157,7 @@ export class MailboxBudget {
   private windowKeys(mailbox: string): string[] {
     requireNonEmpty("mailbox", mailbox);
     const keys = limitKeys(this.prefix, mailbox);
-    return [keys.messages, keys.recipients, keys.recipientCosts, keys.recipientTotal];
+    return [keys.takes, keys.recipientCosts, keys.recipientTotal];
   }
 }
 

@@ -135,6 +135,63 @@ describe("mailbox budget", () => {
     });
   });
 
+  it("counts only the last minute's takes among the day's, and says when the oldest of those leaves", async () => {
+    // one ZSET holds the day's takes: the minute window is its newest part
+    const budget = new MailboxBudget(redis, uniquePrefix(), { minuteMs: 600, dayMs: 60_000 });
+    const limits = { messagesPerMinute: 2, recipientsPerDay: 10_000 };
+    for (let i = 0; i < 5; i++) expect((await budget.take(MAILBOX, take(), GENEROUS)).ok).toBe(true);
+    expect(await budget.take(MAILBOX, take(), limits)).toMatchObject({ ok: false, used: 5 });
+    await sleep(700);
+    // the five have left the minute, not the day
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 5 });
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    await sleep(300);
+    expect((await budget.take(MAILBOX, take(), limits)).ok).toBe(true);
+    const refused = await budget.take(MAILBOX, take(), limits);
+    if (refused.ok) throw new Error("expected a refusal");
+    // the oldest take of the minute is ~300 ms old (not one of the five, which left it long ago)
+    expect(refused).toMatchObject({ budget: "messagesPerMinute", used: 2 });
+    expect(refused.retryInMs).toBeGreaterThan(150);
+    expect(refused.retryInMs).toBeLessThanOrEqual(300);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 2, recipientsLastDay: 7 });
+  });
+
+  it("still counts the takes a relay of the old key layout (a ZSET per window) recorded", async () => {
+    // until 2026-11-26 each take went into :messages and :recipients with the same id and time; an upgrade
+    // in the middle of a minute must not forget the minute's messages
+    const prefix = uniquePrefix();
+    const base = `${prefix}:limits:{${MAILBOX}}`;
+    const [seconds, micros] = await redis.time();
+    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+    for (const id of ["old-1", "old-2", "old-3"]) {
+      await redis.zadd(`${base}:messages`, now - 100, id);
+      await redis.zadd(`${base}:recipients`, now - 100, id);
+      await redis.hset(`${base}:recipients:cost`, id, 4);
+    }
+    await redis.set(`${base}:recipients:total`, 12);
+    const budget = new MailboxBudget(redis, prefix);
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 3, recipientsLastDay: 12 });
+    expect(await budget.take(MAILBOX, take(), { messagesPerMinute: 3, recipientsPerDay: 100 })).toMatchObject(
+      {
+        ok: false,
+        budget: "messagesPerMinute",
+        used: 3,
+      },
+    );
+    expect(await budget.take(MAILBOX, take(), { messagesPerMinute: 30, recipientsPerDay: 13 })).toMatchObject(
+      {
+        ok: true,
+      },
+    );
+    expect(await budget.take(MAILBOX, take(), { messagesPerMinute: 30, recipientsPerDay: 13 })).toMatchObject(
+      {
+        ok: false,
+        budget: "recipientsPerDay",
+        used: 13,
+      },
+    );
+  });
+
   it("slides the day window: recipients come back as old takes expire, oldest first", async () => {
     const budget = new MailboxBudget(redis, uniquePrefix(), { minuteMs: 100, dayMs: 800 });
     const limits = { messagesPerMinute: 100, recipientsPerDay: 50 };
@@ -188,7 +245,7 @@ describe("mailbox budget", () => {
     const budget = new MailboxBudget(redis, prefix, { minuteMs: 100, dayMs: 300 });
     await budget.take(MAILBOX, take(3), GENEROUS);
     const keys = await redis.keys(`${prefix}:*`);
-    expect(keys).toHaveLength(4);
+    expect(keys).toHaveLength(3);
     for (const key of keys) expect(await redis.pttl(key)).toBeGreaterThan(0);
     await sleep(400);
     expect(await redis.keys(`${prefix}:*`)).toEqual([]);
@@ -209,6 +266,7 @@ describe("mailbox budget", () => {
       budget.take(MAILBOX, take(), { messagesPerMinute: Number.NaN, recipientsPerDay: 1 }),
     ).rejects.toThrow(/messagesPerMinute/);
     expect(() => new MailboxBudget(redis, "x", { dayMs: -1 })).toThrow(/dayMs/);
+    expect(() => new MailboxBudget(redis, "x", { minuteMs: 2_000, dayMs: 1_000 })).toThrow(/minuteMs/);
   });
 
   describe("startDelivery: the pause, the take and the body in one round trip", () => {

@@ -1,7 +1,9 @@
--- Takes one message from the per-minute window and `recipients` from the per-day window of a mailbox,
--- both or neither. Sliding windows: an entry taken at time s counts while s > now - window.
--- KEYS[1] messages ZSET (take id -> ms), KEYS[2] recipients ZSET (take id -> ms),
--- KEYS[3] recipient costs HASH (take id -> recipients), KEYS[4] recipient total STRING
+-- Takes one message and `recipients` from the sliding windows of a mailbox, both or neither: one message
+-- per minute window, `recipients` per day window. An entry taken at time s counts while s > now - window.
+-- One ZSET holds every take for both windows (those of the last minute are the minute's messages): a take
+-- costs one ZADD, not two, and the day's purge clears the minute's old entries too.
+-- KEYS[1] takes ZSET (take id -> ms), KEYS[2] recipient costs HASH (take id -> recipients),
+-- KEYS[3] recipient total STRING
 -- ARGV[1] take id, ARGV[2] recipients, ARGV[3] messagesPerMinute, ARGV[4] recipientsPerDay,
 -- ARGV[5] minuteMs, ARGV[6] dayMs
 -- Returns {1} when taken, else {0, budget, retryInMs, used, limit}; retryInMs -1 means it never fits.
@@ -17,35 +19,37 @@ local id, wanted = ARGV[1], tonumber(ARGV[2])
 local perMinute, perDay = tonumber(ARGV[3]), tonumber(ARGV[4])
 local minuteMs, dayMs = tonumber(ARGV[5]), tonumber(ARGV[6])
 
--- Drops expired entries; returns the number of messages still in the minute window.
-local function purgeMessages()
-  redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - minuteMs)
-  return redis.call("ZCARD", KEYS[1])
-end
-
 -- Drops expired entries and subtracts their costs from the running total; returns the total.
 local function purgeRecipients()
   local removed = 0
   while true do
-    local ids = redis.call("ZRANGEBYSCORE", KEYS[2], "-inf", now - dayMs, "LIMIT", 0, BATCH)
+    local ids = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now - dayMs, "LIMIT", 0, BATCH)
     if #ids == 0 then break end
-    local costs = redis.call("HMGET", KEYS[3], unpack(ids))
+    local costs = redis.call("HMGET", KEYS[2], unpack(ids))
     for i = 1, #costs do removed = removed + (tonumber(costs[i]) or 0) end
-    redis.call("HDEL", KEYS[3], unpack(ids))
-    redis.call("ZREM", KEYS[2], unpack(ids))
+    redis.call("HDEL", KEYS[2], unpack(ids))
+    redis.call("ZREM", KEYS[1], unpack(ids))
     if #ids < BATCH then break end
   end
-  if redis.call("ZCARD", KEYS[2]) == 0 then
-    redis.call("DEL", KEYS[3], KEYS[4])
+  if redis.call("ZCARD", KEYS[1]) == 0 then
+    redis.call("DEL", KEYS[2], KEYS[3])
     return 0
   end
-  if removed > 0 then return redis.call("DECRBY", KEYS[4], removed) end
-  return tonumber(redis.call("GET", KEYS[4]) or "0")
+  if removed > 0 then return redis.call("DECRBY", KEYS[3], removed) end
+  return tonumber(redis.call("GET", KEYS[3]) or "0")
+end
+
+-- Times are whole milliseconds: "after now - window" is "at least now - window + 1".
+local minuteStart = now - minuteMs + 1
+
+-- The messages of the minute window (the takes of the last minute).
+local function messagesInMinute()
+  return redis.call("ZCOUNT", KEYS[1], minuteStart, "+inf")
 end
 
 -- ms until the message window has room for one more: when the entry that must go last expires.
 local function messagesRetryIn(used)
-  local entry = redis.call("ZRANGE", KEYS[1], used - perMinute, used - perMinute, "WITHSCORES")
+  local entry = redis.call("ZRANGEBYSCORE", KEYS[1], minuteStart, "+inf", "WITHSCORES", "LIMIT", used - perMinute, 1)
   return tonumber(entry[2]) + minuteMs - now
 end
 
@@ -55,12 +59,12 @@ local function recipientsRetryIn(used)
   -- Usually a few entries suffice: read a small page first, larger ones after.
   local freed, start, page = 0, 0, 16
   while true do
-    local entries = redis.call("ZRANGE", KEYS[2], start, start + page - 1, "WITHSCORES")
+    local entries = redis.call("ZRANGE", KEYS[1], start, start + page - 1, "WITHSCORES")
     -- Only if the total disagrees with the entries: wait a whole window rather than say "never".
     if #entries == 0 then return dayMs end
     local ids = {}
     for i = 1, #entries, 2 do ids[#ids + 1] = entries[i] end
-    local costs = redis.call("HMGET", KEYS[3], unpack(ids))
+    local costs = redis.call("HMGET", KEYS[2], unpack(ids))
     for i = 1, #ids do
       freed = freed + (tonumber(costs[i]) or 0)
       if freed >= excess then return tonumber(entries[2 * i]) + dayMs - now end
@@ -70,8 +74,8 @@ local function recipientsRetryIn(used)
   end
 end
 
-local messages = purgeMessages()
 local recipients = purgeRecipients()
+local messages = messagesInMinute()
 
 if wanted > perDay then return {0, "recipientsPerDay", -1, recipients, perDay} end
 
@@ -87,15 +91,13 @@ end
 if messagesWait then return {0, "messagesPerMinute", messagesWait, messages, perMinute} end
 
 -- An id still recorded is replaced: its old cost leaves the total so the total stays exact.
-local previous = redis.call("HGET", KEYS[3], id)
-if previous then redis.call("DECRBY", KEYS[4], previous) end
+local previous = redis.call("HGET", KEYS[2], id)
+if previous then redis.call("DECRBY", KEYS[3], previous) end
 redis.call("ZADD", KEYS[1], now, id)
-redis.call("ZADD", KEYS[2], now, id)
-redis.call("HSET", KEYS[3], id, wanted)
-redis.call("INCRBY", KEYS[4], wanted)
--- The newest entry is now: once a window has passed without a write, nothing in the key counts.
-redis.call("PEXPIRE", KEYS[1], minuteMs)
+redis.call("HSET", KEYS[2], id, wanted)
+redis.call("INCRBY", KEYS[3], wanted)
+-- The newest entry is now: once a day has passed without a write, nothing in the keys counts.
+redis.call("PEXPIRE", KEYS[1], dayMs)
 redis.call("PEXPIRE", KEYS[2], dayMs)
 redis.call("PEXPIRE", KEYS[3], dayMs)
-redis.call("PEXPIRE", KEYS[4], dayMs)
 return {1}

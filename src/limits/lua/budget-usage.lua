@@ -1,5 +1,5 @@
 -- What the windows of a mailbox hold right now. Read-only: expired entries are left for the next take.
--- KEYS[1] messages ZSET, KEYS[2] recipients ZSET, KEYS[3] recipient costs HASH, KEYS[4] recipient total STRING
+-- KEYS[1] takes ZSET, KEYS[2] recipient costs HASH, KEYS[3] recipient total STRING (as budget-take.lua)
 -- ARGV[1] minuteMs, ARGV[2] dayMs
 -- Returns {messagesLastMinute, recipientsLastDay}.
 
@@ -12,12 +12,12 @@ local minuteMs, dayMs = tonumber(ARGV[1]), tonumber(ARGV[2])
 -- Times are whole milliseconds: "after now - window" is "at least now - window + 1".
 local messages = redis.call("ZCOUNT", KEYS[1], now - minuteMs + 1, "+inf")
 
-local recipients = tonumber(redis.call("GET", KEYS[4]) or "0")
+local recipients = tonumber(redis.call("GET", KEYS[3]) or "0")
 local offset = 0
 while true do
-  local ids = redis.call("ZRANGEBYSCORE", KEYS[2], "-inf", now - dayMs, "LIMIT", offset, BATCH)
+  local ids = redis.call("ZRANGEBYSCORE", KEYS[1], "-inf", now - dayMs, "LIMIT", offset, BATCH)
   if #ids == 0 then break end
-  local costs = redis.call("HMGET", KEYS[3], unpack(ids))
+  local costs = redis.call("HMGET", KEYS[2], unpack(ids))
   for i = 1, #costs do recipients = recipients - (tonumber(costs[i]) or 0) end
   if #ids < BATCH then break end
   offset = offset + BATCH

@@ -1,7 +1,7 @@
 -- What a delivery needs before its first batch, in one round trip: the mailbox is not paused, the budget
 -- take of budget-take.lua, and the message body (read only once the budget is taken: a mailbox whose budget
 -- is spent takes a message every few seconds, and a body can be a 35 MB scan).
--- KEYS[1]..KEYS[4] and ARGV as budget-take.lua, KEYS[5] the mailbox's pause STRING, KEYS[6] the body STRING
+-- KEYS[1]..KEYS[3] and ARGV as budget-take.lua, KEYS[4] the mailbox's pause STRING, KEYS[5] the body STRING
 -- Returns {2, pause} when paused, {3} when the body is missing, budget-take's {0, ...} when the budget is
 -- spent (nothing taken in these three), else {1, body} with the budget taken.
 
@@ -9,9 +9,9 @@ local function takeBudget()
 --#include budget-take
 end
 
-local pause = redis.call("GET", KEYS[5])
+local pause = redis.call("GET", KEYS[4])
 if pause then return {2, pause} end
-if redis.call("EXISTS", KEYS[6]) == 0 then return {3} end
+if redis.call("EXISTS", KEYS[5]) == 0 then return {3} end
 local taken = takeBudget()
 if taken[1] ~= 1 then return taken end
-return {1, redis.call("GET", KEYS[6])}
+return {1, redis.call("GET", KEYS[5])}
