@@ -48,6 +48,8 @@ export type DeliveryStart =
       pause: string;
     }
   | { kind: "no-body" }
+  /** The job's queue lock is not the caller's any more: it must not be sent (another worker may have it). */
+  | { kind: "lock-lost" }
   | { kind: "refused"; decision: Extract<BudgetDecision, { ok: false }> }
   | { kind: "taken"; body: Buffer };
 
@@ -57,6 +59,8 @@ export interface DeliveryStartKeys {
   pause: string;
   /** The message body (Spool.bodyKey). */
   body: string;
+  /** The job's BullMQ lock and the caller's token: the body is read only while the caller holds the lock. */
+  lock?: { key: string; token: string };
 }
 
 export interface BudgetUsage {
@@ -113,14 +117,15 @@ export class MailboxBudget {
   ): Promise<DeliveryStart> {
     const reply = await DELIVERY_START.runBuffer(
       this.redis,
-      [...this.windowKeys(mailbox), keys.pause, keys.body],
-      this.takeArgs(request, limits),
+      [...this.windowKeys(mailbox), keys.pause, keys.body, keys.lock?.key ?? keys.body],
+      [...this.takeArgs(request, limits), keys.lock?.token ?? ""],
     );
     if (!Array.isArray(reply)) throw new Error(`delivery-start.lua: unexpected reply ${String(reply)}`);
     const [outcome, value] = reply;
     if (outcome === 1 && Buffer.isBuffer(value)) return { kind: "taken", body: value };
     if (outcome === 2) return { kind: "paused", pause: String(value) };
     if (outcome === 3) return { kind: "no-body" };
+    if (outcome === 4) return { kind: "lock-lost" };
     const decision = parseDecision(reply.map((v) => (Buffer.isBuffer(v) ? String(v) : v)));
     if (decision.ok) throw new Error("delivery-start.lua: a take without the body");
     return { kind: "refused", decision };

@@ -48,6 +48,14 @@ export interface MailboxDispatcherOptions {
   events?: RelayEvents;
 }
 
+/** The job's queue lock lapsed before its message was sent: it is left to the worker that holds it now. */
+class LockLost extends Error {
+  constructor() {
+    super("queue lock lost before sending: the message is left to the worker that holds the job now");
+    this.name = "LockLost";
+  }
+}
+
 /** Recipients the upstream deferred (4xx at RCPT): the message is retried for them only. */
 class RecipientsDeferred extends Error {
   constructor(readonly replies: string[]) {
@@ -115,6 +123,11 @@ export class MailboxDispatcher implements DeliveryLane {
    * last connection meanwhile (counting them only while they waited for one let bulk mail slip in).
    */
   private interactiveInProgress = 0;
+  /**
+   * Jobs whose queue lock BullMQ could not renew, and when that was found: their lock lapsed (Redis was away,
+   * or the event loop stalled) and the stalled-job check gives them to another worker, which will send them.
+   */
+  private readonly lockLost = new Map<string, number>();
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -168,6 +181,9 @@ export class MailboxDispatcher implements DeliveryLane {
     );
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));
     this.worker.on("stalled", () => options.scheduler.wake(this.name));
+    this.worker.on("lockRenewalFailed", (ids: string[]) => {
+      for (const id of ids) this.lockLost.set(id, Date.now());
+    });
     this.worker.startLockRenewal();
     this.worker.startStalledCheckTimer().catch((err: Error) => {
       this.logger.warn({ err: err.message }, "stalled job check failed to start");
@@ -242,16 +258,27 @@ export class MailboxDispatcher implements DeliveryLane {
 
   /** Delivers the job's remaining recipients; the last batch's outcome is the job's return value. */
   private async deliver(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
-    if (job.data.priority === "bulk") return this.deliverJob(job, token);
-    this.interactiveInProgress++;
+    const startedAt = Date.now();
+    const interactive = job.data.priority !== "bulk";
+    if (interactive) this.interactiveInProgress++;
     try {
-      return await this.deliverJob(job, token);
+      return await this.deliverJob(job, token, startedAt);
     } finally {
-      this.interactiveInProgress--;
+      if (interactive) this.interactiveInProgress--;
+      if (job.id && (this.lockLost.get(job.id) ?? 0) >= startedAt) this.lockLost.delete(job.id);
     }
   }
 
-  private async deliverJob(job: Job<MessageJob>, token?: string): Promise<LastBatch | undefined> {
+  /** The job's lock was found lost since this run of it started: another worker may be sending it. */
+  private lostLock(job: Job<MessageJob>, startedAt: number): boolean {
+    return job.id !== undefined && (this.lockLost.get(job.id) ?? 0) >= startedAt;
+  }
+
+  private async deliverJob(
+    job: Job<MessageJob>,
+    token: string | undefined,
+    startedAt: number,
+  ): Promise<LastBatch | undefined> {
     const { spool, retry, mailbox, limits, budget, pauses } = this.options;
     // the mailbox is in every line already: this.logger is a child logger bound to it
     const log = () => ({
@@ -300,7 +327,18 @@ export class MailboxDispatcher implements DeliveryLane {
         : await budget.startDelivery(mailbox, request, budgetLimits, {
             pause: pauses.keyOf(mailbox),
             body: spool.bodyKey(job.data.id),
+            ...(token && job.id ? { lock: { key: `${this.worker.toKey(job.id)}:lock`, token } } : {}),
           });
+      if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
+        if (start.kind === "taken") await budget.refund(mailbox, takeId).catch(() => {});
+        // its lock lapsed while it waited (for Redis to come back, or a stalled event loop): the job is back in
+        // the queue or with another worker, which will send it. Sending it here as well would send it twice
+        this.logger.warn(
+          { ...log(), event: "deferred" },
+          "queue lock lost before sending: the message is left to the worker that holds it now",
+        );
+        throw new LockLost();
+      }
       if (start.kind === "paused") {
         const pause = pauses.parse(start.pause);
         this.logger.debug(
@@ -349,6 +387,9 @@ export class MailboxDispatcher implements DeliveryLane {
       let healthy = false;
       try {
         connection = await this.acquireConnection(job);
+        // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
+        // meanwhile is another worker's to send
+        if (this.lostLock(job, startedAt)) throw new LockLost();
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
         // the connection goes back before the bookkeeping below, so the next message need not wait for it; and
@@ -415,6 +456,12 @@ export class MailboxDispatcher implements DeliveryLane {
         }
       } catch (err) {
         await budget.refund(mailbox, takeId).catch(() => {});
+        if (err instanceof LockLost) {
+          // nothing was sent: the connection is as good as before
+          healthy = true;
+          this.logger.warn({ ...log(), event: "deferred" }, err.message);
+          throw err;
+        }
         if (err instanceof NoConnectionSlot) {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));

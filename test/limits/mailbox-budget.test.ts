@@ -306,6 +306,29 @@ describe("mailbox budget", () => {
       expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
     });
 
+    it("takes nothing, and gives no body, once the job's queue lock is another worker's or gone", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      await redis.set(keysFor(prefix).body, BODY);
+      const lockKey = `${prefix}:queue:job-1:lock`;
+      const lock = { key: lockKey, token: "worker-a" };
+      // gone: it lapsed while this worker waited (for Redis to come back, say)
+      expect(await budget.startDelivery(MAILBOX, take(), GENEROUS, { ...keysFor(prefix), lock })).toEqual({
+        kind: "lock-lost",
+      });
+      // another worker's: the stalled-job check gave the job to it
+      await redis.set(lockKey, "worker-b");
+      expect(await budget.startDelivery(MAILBOX, take(), GENEROUS, { ...keysFor(prefix), lock })).toEqual({
+        kind: "lock-lost",
+      });
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+      // still this worker's: taken
+      await redis.set(lockKey, "worker-a");
+      expect((await budget.startDelivery(MAILBOX, take(), GENEROUS, { ...keysFor(prefix), lock })).kind).toBe(
+        "taken",
+      );
+    });
+
     it("refuses as take() does when the budget is spent, without the body", async () => {
       const prefix = uniquePrefix();
       const budget = new MailboxBudget(redis, prefix);
