@@ -434,7 +434,8 @@ export class MailboxDispatcher implements DeliveryLane {
             refused: refusedNow,
             replies: replies.map(stamped),
           };
-          await spool.removeBody(job.data.id);
+          // on the worker connection, which waits for Redis when it is away (the spool's fails at once)
+          await spool.removeBody(job.data.id, this.options.connection);
         } else {
           await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
         }
@@ -510,7 +511,7 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       throw new RecipientsDeferred(deferred);
     }
-    if (!last) await spool.removeBody(job.data.id);
+    if (!last) await spool.removeBody(job.data.id, this.options.connection);
     if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
     if (job.data.refused.length) {
       this.options.events?.emit("undeliverable", {
