@@ -434,8 +434,7 @@ export class MailboxDispatcher implements DeliveryLane {
             refused: refusedNow,
             replies: replies.map(stamped),
           };
-          // on the worker connection, which waits for Redis when it is away (the spool's fails at once)
-          await spool.removeBody(job.data.id, this.options.connection);
+          await spool.removeBody(job.data.id);
         } else {
           await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
         }
@@ -511,7 +510,7 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       throw new RecipientsDeferred(deferred);
     }
-    if (!last) await spool.removeBody(job.data.id, this.options.connection);
+    if (!last) await spool.removeBody(job.data.id);
     if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
     if (job.data.refused.length) {
       this.options.events?.emit("undeliverable", {

@@ -186,13 +186,8 @@ export class Spool {
     return this.redis.getBuffer(this.bodyKey(id));
   }
 
-  /**
-   * Deletes a message's body. `via`: the connection to use instead of the spool's own, which fails at once
-   * while Redis is away (an SMTP client must get its 451 without waiting). After the upstream's 250 the
-   * delivery must wait for Redis instead: a removal that failed left the body for a second delivery.
-   */
-  async removeBody(id: string, via: Redis = this.redis): Promise<void> {
-    await via.del(this.bodyKey(id));
+  async removeBody(id: string): Promise<void> {
+    await this.redis.del(this.bodyKey(id));
   }
 
   async close(): Promise<void> {

@@ -42,32 +42,6 @@ describe("crashes while 1,000 messages stream through two relays", () => {
     expect(report.duplicates).toBeLessThanOrEqual(IN_FLIGHT_RECIPIENTS);
   });
 
-  it("when Redis goes away while the upstream accepts a message, the message is still delivered once", async () => {
-    // the upstream holds its 250 for 3 s; Redis is stopped in that time and comes back 4 s later. The body's
-    // removal after the 250 must wait for Redis: on the spool's connection it failed at once, the delivery was
-    // taken for a failed one and retried, and the message went out twice
-    rig = await FaultRig.start({ relays: 1, upstream: { replyDelayMs: 3_000 } });
-    const upstream = rig.upstream;
-    const dataEnded = new Promise<void>((resolve) => {
-      const poll = setInterval(() => {
-        if (upstream.connectionCount() > 0 && Date.now() - started > 1_000) {
-          clearInterval(poll);
-          resolve();
-        }
-      }, 50);
-    });
-    const started = Date.now();
-    await rig.load({ messages: 1, clients: 1 });
-    await dataEnded;
-    await rig.redis.stop();
-    setTimeout(() => void rig?.redis.start(), 4_000);
-    const report = await rig.verify(30_000);
-    expect(report.missing).toEqual([]);
-    // the 250 arrived while Redis was away: the relay must not mistake its own bookkeeping for the upstream's
-    await new Promise((resolve) => setTimeout(resolve, 10_000));
-    expect(upstream.messages).toHaveLength(1);
-  });
-
   it("when Redis is killed with kill -9 mid-stream, the append-only file keeps every acknowledged message", async () => {
     rig = await FaultRig.start();
     const report = await rig.streamWithFault(async (r) => {
