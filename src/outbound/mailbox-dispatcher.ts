@@ -265,13 +265,23 @@ export class MailboxDispatcher implements DeliveryLane {
       return await this.deliverJob(job, token, startedAt);
     } finally {
       if (interactive) this.interactiveInProgress--;
-      if (job.id && (this.lockLost.get(job.id) ?? 0) >= startedAt) this.lockLost.delete(job.id);
+      if (job.id && this.lostLock(job, startedAt)) this.lockLost.delete(job.id);
     }
   }
 
   /** The job's lock was found lost since this run of it started: another worker may be sending it. */
   private lostLock(job: Job<MessageJob>, startedAt: number): boolean {
     return job.id !== undefined && (this.lockLost.get(job.id) ?? 0) >= startedAt;
+  }
+
+  /**
+   * Leaves a job whose queue lock lapsed (while it waited for Redis to come back, or a stalled event loop) to
+   * the queue or the worker that holds it now, which will send it: sending it here as well would send it twice.
+   */
+  private leaveLockLost(line: Record<string, unknown>): never {
+    const err = new LockLost();
+    this.logger.warn({ ...line, event: "deferred" }, err.message);
+    throw err;
   }
 
   private async deliverJob(
@@ -331,13 +341,7 @@ export class MailboxDispatcher implements DeliveryLane {
           });
       if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
         if (start.kind === "taken") await budget.refund(mailbox, takeId).catch(() => {});
-        // its lock lapsed while it waited (for Redis to come back, or a stalled event loop): the job is back in
-        // the queue or with another worker, which will send it. Sending it here as well would send it twice
-        this.logger.warn(
-          { ...log(), event: "deferred" },
-          "queue lock lost before sending: the message is left to the worker that holds it now",
-        );
-        throw new LockLost();
+        this.leaveLockLost(log());
       }
       if (start.kind === "paused") {
         const pause = pauses.parse(start.pause);
@@ -389,7 +393,7 @@ export class MailboxDispatcher implements DeliveryLane {
         connection = await this.acquireConnection(job);
         // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
         // meanwhile is another worker's to send
-        if (this.lostLock(job, startedAt)) throw new LockLost();
+        if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
         const result = await connection.send(mailbox, batch, body);
         healthy = true;
         // the connection goes back before the bookkeeping below, so the next message need not wait for it; and
@@ -459,7 +463,6 @@ export class MailboxDispatcher implements DeliveryLane {
         if (err instanceof LockLost) {
           // nothing was sent: the connection is as good as before
           healthy = true;
-          this.logger.warn({ ...log(), event: "deferred" }, err.message);
           throw err;
         }
         if (err instanceof NoConnectionSlot) {
