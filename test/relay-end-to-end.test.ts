@@ -1,3 +1,4 @@
+import { Redis } from "ioredis";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, it } from "vitest";
 import { defaultRawConfig } from "../src/config/load.js";
 import { createTestPki, type TestPki } from "./support/certs.js";
@@ -278,6 +279,31 @@ describe("durability", () => {
       await Promise.all(relays.splice(0).map((r) => r.stop()));
       await privateRedis.stop();
     }
+  });
+
+  it("never delivers a message it answered 451 because no Redis replica confirmed it, and keeps nothing of it", async () => {
+    // a Redis with no replica: the relay waits for one that never confirms, longer than its workers take to
+    // look for mail (they poll every 5 s besides wakes)
+    const prefix = uniquePrefix();
+    const r = await relay({ redisPrefix: prefix, replication: { minReplicas: 1, timeoutMs: 5_500 } });
+    const result = await submit({
+      port: r.port,
+      localAddress: "127.0.0.2",
+      startTls: false,
+      from: "p@floor2.example",
+      to: ["unconfirmed@example.com"],
+      raw: buildMessage({ from: "p@floor2.example", to: ["unconfirmed@example.com"] }),
+    });
+    expect(result.response).toMatch(/^451 4\.3\.0 /);
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(upstream.messages).toHaveLength(0);
+    const redis = new Redis(redisUrl);
+    try {
+      expect(await redis.keys(`${prefix}:body:*`)).toEqual([]);
+    } finally {
+      redis.disconnect();
+    }
+    expect(await r.spool.queuedCount(MAILBOX)).toBe(0);
   });
 
   it("delivers mail queued before a stop after the relay is started again", async () => {

@@ -48,6 +48,8 @@ export type DeliveryStart =
       pause: string;
     }
   | { kind: "no-body" }
+  /** The body is not committed yet (Spool.commit): it may never be, and it expires in `expiresInMs`. */
+  | { kind: "uncommitted"; expiresInMs: number }
   /** The job's queue lock is not the caller's any more: it must not be sent (another worker may have it). */
   | { kind: "lock-lost" }
   | { kind: "refused"; decision: Extract<BudgetDecision, { ok: false }> }
@@ -126,6 +128,7 @@ export class MailboxBudget {
     if (outcome === 2) return { kind: "paused", pause: String(value) };
     if (outcome === 3) return { kind: "no-body" };
     if (outcome === 4) return { kind: "lock-lost" };
+    if (outcome === 5) return { kind: "uncommitted", expiresInMs: Number(value) };
     const decision = parseDecision(reply.map((v) => (Buffer.isBuffer(v) ? String(v) : v)));
     if (decision.ok) throw new Error("delivery-start.lua: a take without the body");
     return { kind: "refused", decision };

@@ -78,6 +78,9 @@ const SLOT_YIELD_IDLE_MS = 250;
  */
 const BOOKKEEPING_DELAY_MS = 5;
 
+/** The shortest wait of a job whose submission is not yet committed (ms): a commit takes a round trip or two. */
+const UNCOMMITTED_RECHECK_MS = 50;
+
 /** A process that was refused a slot this recently (ms) takes on only as many jobs as its connections serve. */
 const SLOT_STARVED_MS = 1_000;
 
@@ -360,6 +363,17 @@ export class MailboxDispatcher implements DeliveryLane {
         );
         return;
       }
+      if (start.kind === "uncommitted") {
+        // its submission is still being committed (its client may yet get 451 and send it again): it waits for
+        // the commit, longer the older the job; a commit that failed leaves a body that expires, and the job is
+        // dropped then (no-body)
+        const waitMs = Math.min(
+          Math.max(UNCOMMITTED_RECHECK_MS, Date.now() - job.timestamp),
+          start.expiresInMs + UNCOMMITTED_RECHECK_MS,
+        );
+        this.logger.debug({ ...log(), waitMs }, "message not yet committed by its submission: it waits");
+        return this.hold(job, token, waitMs);
+      }
       if (start.kind === "refused") {
         const { decision } = start;
         if (decision.retryInMs < 0) {
@@ -438,7 +452,8 @@ export class MailboxDispatcher implements DeliveryLane {
             refused: refusedNow,
             replies: replies.map(stamped),
           };
-          await spool.removeBody(job.data.id);
+          // on the worker connection, which waits for Redis when it is away (the spool's fails at once)
+          await spool.removeBody(job.data.id, this.options.connection);
         } else {
           await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
         }
@@ -513,7 +528,7 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       throw new RecipientsDeferred(deferred);
     }
-    if (!last) await spool.removeBody(job.data.id);
+    if (!last) await spool.removeBody(job.data.id, this.options.connection);
     if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
     if (job.data.refused.length) {
       this.options.events?.emit("undeliverable", {

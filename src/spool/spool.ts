@@ -121,30 +121,40 @@ export class Spool {
     return new BodyWriter(this, this.redis, id);
   }
 
-  /** Queues the job of a fully written body and makes the body permanent. Throws if Redis did not confirm. */
+  /**
+   * Queues the job of a fully written body and makes the body permanent. Throws if Redis did not confirm.
+   * The permanent body is the commit: a worker that finds the job before it waits (delivery-start.lua), so
+   * a submission that fails here (its client gets 451 and sends it again) is never delivered as well. With
+   * replicas, the body becomes permanent only once they have the job, and the commit returns once they have
+   * that too: a failover then keeps the job and its permanent body, or neither.
+   */
   async commit(job: MessageJob): Promise<void> {
     const queue = this.queue(job.mailbox);
     await queue.add("deliver", job, this.addOptions(job));
     try {
+      await this.replicated();
       const persisted = await this.redis.persist(this.bodyKey(job.id));
       if (persisted !== 1) throw new Error("message body expired before it was queued");
-      if (this.replication.minReplicas > 0) {
-        // WAIT covers every earlier write of this connection: the body, the job and PERSIST
-        const replicas = await this.redis.wait(this.replication.minReplicas, this.replication.timeoutMs);
-        if (replicas < this.replication.minReplicas) {
-          throw new Error(
-            `only ${replicas} of ${this.replication.minReplicas} Redis replicas confirmed the write`,
-          );
-        }
-      }
+      await this.replicated();
     } catch (err) {
-      // not acknowledged: take it back, so the client's retry does not make a second copy (best effort: a
-      // primary that just died cannot be asked, and a copy its replica kept is a duplicate we cannot avoid)
+      // not acknowledged: take it back, so the client's retry does not make a second copy (best effort: the
+      // body expires on its own otherwise, and its job is dropped then, on a primary or on the replica a
+      // failover promotes; only a body made permanent before a failed confirmation can still be delivered)
       await queue.remove(job.id).catch(() => {});
       await this.redis.del(this.bodyKey(job.id)).catch(() => {});
       throw err;
     }
     this.wake(job.mailbox);
+  }
+
+  /** Waits until the configured replicas have every earlier write of the spool's connection (Redis WAIT). */
+  private async replicated(): Promise<void> {
+    const { minReplicas, timeoutMs } = this.replication;
+    if (minReplicas === 0) return;
+    const replicas = await this.redis.wait(minReplicas, timeoutMs);
+    if (replicas < minReplicas) {
+      throw new Error(`only ${replicas} of ${minReplicas} Redis replicas confirmed the write`);
+    }
   }
 
   private addOptions(job: MessageJob): JobsOptions {
@@ -186,8 +196,13 @@ export class Spool {
     return this.redis.getBuffer(this.bodyKey(id));
   }
 
-  async removeBody(id: string): Promise<void> {
-    await this.redis.del(this.bodyKey(id));
+  /**
+   * Deletes a message's body. `via`: the connection to use instead of the spool's own, which fails at once
+   * while Redis is away (an SMTP client must get its 451 without waiting). After the upstream's 250 the
+   * delivery must wait for Redis instead: a removal that failed left the body for a second delivery.
+   */
+  async removeBody(id: string, via: Redis = this.redis): Promise<void> {
+    await via.del(this.bodyKey(id));
   }
 
   async close(): Promise<void> {

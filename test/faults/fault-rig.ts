@@ -28,6 +28,15 @@ export interface DeliveryReport {
   missing: string[];
   /** Recipients the upstream got more than once (only allowed where its answer was lost). */
   duplicates: number;
+  /** Of the duplicates: copies of one queued message delivered again (a delivery whose outcome was lost). */
+  resent: number;
+  /** Of the duplicates: copies under another queue id (a submission queued although its client got no 250). */
+  resubmitted: number;
+}
+
+/** The queue id sluice's Received header gives a delivered message. */
+function queueIdOf(raw: Buffer): string {
+  return /\(sluice\) with \S+ id (\S+)/.exec(raw.toString("latin1"))?.[1] ?? "?";
 }
 
 /**
@@ -190,11 +199,19 @@ export class FaultRig {
     ).catch(() => {});
     const all = this.upstream.messages.flatMap((m) => m.rcptTo);
     const delivered = new Set(all);
+    const queueIds = new Map<string, Set<string>>();
+    for (const message of this.upstream.messages) {
+      const id = queueIdOf(message.raw);
+      for (const rcpt of message.rcptTo) queueIds.set(rcpt, (queueIds.get(rcpt) ?? new Set()).add(id));
+    }
+    const resubmitted = [...queueIds.values()].reduce((n, ids) => n + ids.size - 1, 0);
     const report: DeliveryReport = {
       acknowledged: this.acknowledged.length / 2,
       delivered: delivered.size / 2,
       missing: this.acknowledged.filter((r) => !delivered.has(r)),
       duplicates: all.length - delivered.size,
+      resent: all.length - delivered.size - resubmitted,
+      resubmitted,
     };
     console.log(`fault report: ${JSON.stringify({ ...report, missing: report.missing.length })}`);
     return report;

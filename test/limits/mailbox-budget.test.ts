@@ -306,6 +306,21 @@ describe("mailbox budget", () => {
       expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
     });
 
+    it("takes nothing, and gives no body, while the body still has the expiry of a submission not yet committed", async () => {
+      const prefix = uniquePrefix();
+      const budget = new MailboxBudget(redis, prefix);
+      await redis.set(keysFor(prefix).body, BODY, "PX", 60_000);
+      const start = await budget.startDelivery(MAILBOX, take(), GENEROUS, keysFor(prefix));
+      expect(start.kind).toBe("uncommitted");
+      if (start.kind !== "uncommitted") throw new Error("unreachable");
+      expect(start.expiresInMs).toBeGreaterThan(50_000);
+      expect(start.expiresInMs).toBeLessThanOrEqual(60_000);
+      expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 0, recipientsLastDay: 0 });
+      // committed: made permanent
+      await redis.persist(keysFor(prefix).body);
+      expect((await budget.startDelivery(MAILBOX, take(), GENEROUS, keysFor(prefix))).kind).toBe("taken");
+    });
+
     it("takes nothing, and gives no body, once the job's queue lock is another worker's or gone", async () => {
       const prefix = uniquePrefix();
       const budget = new MailboxBudget(redis, prefix);
