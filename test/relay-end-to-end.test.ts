@@ -43,6 +43,18 @@ function queuedId(response: string): string {
   return match[1] as string;
 }
 
+/** The floor-2 printer (allowed by network, no TLS, no AUTH) sends a one-recipient message. */
+function printerSends(r: TestRelay, to: string) {
+  return submit({
+    port: r.port,
+    localAddress: "127.0.0.2",
+    startTls: false,
+    from: "p@floor2.example",
+    to: [to],
+    raw: buildMessage({ from: "p@floor2.example", to: [to], subject: to }),
+  });
+}
+
 /** The delivered bytes are the submitted bytes with one Received header in front. */
 function expectTraceHeaderOnly(delivered: Buffer, submitted: Buffer) {
   expect(delivered.length).toBeGreaterThan(submitted.length);
@@ -249,15 +261,7 @@ describe("durability", () => {
     const privateRedis = await startPrivateRedis();
     try {
       const r = await relay({ redis: privateRedis.url });
-      const send = (n: number) =>
-        submit({
-          port: r.port,
-          localAddress: "127.0.0.2",
-          startTls: false,
-          from: "p@floor2.example",
-          to: [`n${n}@example.com`],
-          raw: buildMessage({ from: "p@floor2.example", to: [`n${n}@example.com`], subject: `m${n}` }),
-        });
+      const send = (n: number) => printerSends(r, `n${n}@example.com`);
       const acked: string[] = [];
       const first = await send(1);
       expect(first.ok, first.response).toBe(true);
@@ -282,28 +286,44 @@ describe("durability", () => {
   });
 
   it("never delivers a message it answered 451 because no Redis replica confirmed it, and keeps nothing of it", async () => {
-    // a Redis with no replica: the relay waits for one that never confirms, longer than its workers take to
-    // look for mail (they poll every 5 s besides wakes)
-    const prefix = uniquePrefix();
-    const r = await relay({ redisPrefix: prefix, replication: { minReplicas: 1, timeoutMs: 5_500 } });
-    const result = await submit({
-      port: r.port,
-      localAddress: "127.0.0.2",
-      startTls: false,
-      from: "p@floor2.example",
-      to: ["unconfirmed@example.com"],
-      raw: buildMessage({ from: "p@floor2.example", to: ["unconfirmed@example.com"] }),
-    });
-    expect(result.response).toMatch(/^451 4\.3\.0 /);
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    expect(upstream.messages).toHaveLength(0);
-    const redis = new Redis(redisUrl);
+    // a Redis with no replica: the relay waits for one that never confirms; meanwhile its workers are told
+    // that the mailbox has mail (the relay's own wake would queue behind the WAIT on its connection)
+    const lonely = await startPrivateRedis();
+    const redis = new Redis(lonely.url);
     try {
+      const prefix = uniquePrefix();
+      const r = await relay({
+        redis: lonely.url,
+        redisPrefix: prefix,
+        replication: { minReplicas: 1, timeoutMs: 1_500 },
+      });
+      const send = (n: number) => printerSends(r, `unconfirmed${n}@example.com`);
+      const waits = async () =>
+        Number(/cmdstat_wait:calls=(\d+)/.exec(await redis.info("commandstats"))?.[1] ?? 0);
+      const pending = send(1);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await redis.publish(r.spool.wakeChannel, MAILBOX);
+      const first = await pending;
+      const failedAt = Date.now();
+      expect(first.response).toMatch(/^451 4\.3\.0 /);
+      expect(await waits()).toBe(1);
+      // for one timeout after that, submissions get 451 without waiting: WAIT holds the connection they share
+      const next = await Promise.all([2, 3, 4].map(send));
+      for (const result of next) expect(result.response).toMatch(/^451 4\.3\.0 /);
+      expect(await waits()).toBe(1);
+      // then the next one waits for the replicas again
+      await new Promise((resolve) => setTimeout(resolve, failedAt + 1_600 - Date.now()));
+      expect((await send(5)).response).toMatch(/^451 4\.3\.0 /);
+      expect(await waits()).toBe(2);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(upstream.messages).toHaveLength(0);
       expect(await redis.keys(`${prefix}:body:*`)).toEqual([]);
+      expect(await r.spool.queuedCount(MAILBOX)).toBe(0);
     } finally {
+      await Promise.all(relays.splice(0).map((x) => x.stop()));
       redis.disconnect();
+      await lonely.stop();
     }
-    expect(await r.spool.queuedCount(MAILBOX)).toBe(0);
   });
 
   it("delivers mail queued before a stop after the relay is started again", async () => {

@@ -27,6 +27,11 @@ export class Spool {
   /** Queues with a wake not yet published (wakes are sent once per tick, not once per message). */
   private readonly wakes = new Set<string>();
   private wakesSent: Promise<unknown> = Promise.resolve();
+  /**
+   * Until when (epoch ms) commits fail at once because the replicas did not confirm the last one. A WAIT holds
+   * the spool's connection, so every submission's commands would queue behind one timeout after another.
+   */
+  private replicasMissingUntil = 0;
 
   constructor(
     /** Connection for writes on the submission path (fails fast while Redis is away). */
@@ -129,6 +134,9 @@ export class Spool {
    * that too: a failover then keeps the job and its permanent body, or neither.
    */
   async commit(job: MessageJob): Promise<void> {
+    if (this.replicasMissingUntil > Date.now()) {
+      throw new Error("Redis replicas did not confirm a write moments ago: not waiting for them again yet");
+    }
     const queue = this.queue(job.mailbox);
     await queue.add("deliver", job, this.addOptions(job));
     try {
@@ -153,6 +161,8 @@ export class Spool {
     if (minReplicas === 0) return;
     const replicas = await this.redis.wait(minReplicas, timeoutMs);
     if (replicas < minReplicas) {
+      // the next commit that waits again is one timeout from now; those before it get 451 at once
+      this.replicasMissingUntil = Date.now() + timeoutMs;
       throw new Error(`only ${replicas} of ${minReplicas} Redis replicas confirmed the write`);
     }
   }
