@@ -4,6 +4,8 @@
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
+# npm ci applies patches/ (patch-package, the postinstall script)
+COPY patches ./patches
 RUN npm ci
 COPY tsconfig.json ./
 COPY src ./src

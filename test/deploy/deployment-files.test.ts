@@ -158,6 +158,13 @@ describe("Dockerfile", () => {
     expect(text).toContain("npm run build");
     expect(text).toContain("npm prune --omit=dev");
   });
+
+  it("copies the dependency patches in before npm ci applies them (postinstall: patch-package)", () => {
+    const copyPatches = lines.findIndex((line) => /^COPY patches \.\/patches$/.test(line));
+    expect(copyPatches).toBeGreaterThanOrEqual(0);
+    expect(copyPatches).toBeLessThan(lines.findIndex((line) => /^RUN npm ci/.test(line)));
+    expect(JSON.parse(read("package.json")).scripts.postinstall).toBe("patch-package");
+  });
 });
 
 describe(".dockerignore", () => {
