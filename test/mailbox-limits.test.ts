@@ -222,6 +222,58 @@ describe("a job whose body is gone", () => {
   });
 });
 
+describe("a job found before its submission's commit ends", () => {
+  /**
+   * Queues a message and gives its body its expiry again, as between the job's queueing and the commit; lets the
+   * relay's worker find it, waits 300 ms, then calls `then` with the body's key.
+   */
+  async function whileUncommitted(
+    to: string,
+    then: (r: TestRelay, redis: Redis, body: string) => Promise<void>,
+  ) {
+    const r = await relay();
+    const redis = new Redis(redisUrl);
+    try {
+      const queue = r.spool.queue(MAILBOX);
+      await queue.pause();
+      expect((await send(r, [to])).ok).toBe(true);
+      const [job] = await queue.getJobs(["wait", "prioritized"]);
+      if (!job?.id) throw new Error("no queued job");
+      const body = r.spool.bodyKey(job.id);
+      expect(await redis.pexpire(body, 60_000)).toBe(1);
+      await queue.resume();
+      r.spool.wake(MAILBOX);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(fx.upstream.messages).toHaveLength(0);
+      await then(r, redis, body);
+    } finally {
+      await redis.quit();
+    }
+  }
+
+  it("waits, keeping the job, and is sent once the commit makes the body permanent", async () => {
+    await whileUncommitted("committed-late@example.com", async (r, redis, body) => {
+      expect(await redis.persist(body)).toBe(1);
+      const [delivered] = await fx.upstream.waitForMessages(1, 10_000);
+      expect(delivered?.rcptTo).toEqual(["committed-late@example.com"]);
+      // it was not put back in the queue meanwhile (where an interactive message loses its place to bulk mail)
+      expect(r.logs.some((l) => /not yet committed/.test(l.msg))).toBe(false);
+    });
+  });
+
+  it("is never sent when the commit fails and takes the body back", async () => {
+    await whileUncommitted("never-committed@example.com", async (r, redis, body) => {
+      expect(await redis.del(body)).toBe(1);
+      await waitFor(
+        () => r.logs.some((l) => l.msg.startsWith("message body missing")),
+        10_000,
+        "drop logged",
+      );
+      expect(fx.upstream.messages).toHaveLength(0);
+    });
+  });
+});
+
 describe("a job whose queue lock lapses while it waits for a connection", () => {
   it("is not sent by the run that lost its lock, only by the run the stalled-job check starts: once", async () => {
     // two connections, each held 4 s by a slow message; the next message waits for one with its body read, and

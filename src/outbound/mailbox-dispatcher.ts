@@ -78,8 +78,13 @@ const SLOT_YIELD_IDLE_MS = 250;
  */
 const BOOKKEEPING_DELAY_MS = 5;
 
-/** The shortest wait of a job whose submission is not yet committed (ms): a commit takes a round trip or two. */
-const UNCOMMITTED_RECHECK_MS = 50;
+/**
+ * A job whose submission is not yet committed is looked at again after this long (ms), for up to
+ * UNCOMMITTED_KEEP_MS, before it goes back to the queue: a commit takes a round trip or two, and with replicas
+ * up to two WAITs.
+ */
+const UNCOMMITTED_RECHECK_MS = 20;
+const UNCOMMITTED_KEEP_MS = 1_000;
 
 /** A process that was refused a slot this recently (ms) takes on only as many jobs as its connections serve. */
 const SLOT_STARVED_MS = 1_000;
@@ -335,13 +340,23 @@ export class MailboxDispatcher implements DeliveryLane {
       const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
       const request = { id: takeId, recipients: batch.length };
       // the first batch: the pause, the budget and the body in one round trip; the next ones: the budget
-      const start: DeliveryStart = body
-        ? takenOrRefused(await budget.take(mailbox, request, budgetLimits), body)
-        : await budget.startDelivery(mailbox, request, budgetLimits, {
-            pause: pauses.keyOf(mailbox),
-            body: spool.bodyKey(job.data.id),
-            ...(token && job.id ? { lock: { key: `${this.worker.toKey(job.id)}:lock`, token } } : {}),
-          });
+      const startOf = async (): Promise<DeliveryStart> =>
+        body
+          ? takenOrRefused(await budget.take(mailbox, request, budgetLimits), body)
+          : await budget.startDelivery(mailbox, request, budgetLimits, {
+              pause: pauses.keyOf(mailbox),
+              body: spool.bodyKey(job.data.id),
+              ...(token && job.id ? { lock: { key: `${this.worker.toKey(job.id)}:lock`, token } } : {}),
+            });
+      let start = await startOf();
+      // a body found before its submission's commit ends (a round trip or two, more with replicas) is looked at
+      // again in a moment, the job kept: put back in the queue, an interactive message would lose its place
+      // ahead of bulk mail
+      for (let waited = 0; start.kind === "uncommitted" && waited < UNCOMMITTED_KEEP_MS; ) {
+        await sleep(UNCOMMITTED_RECHECK_MS);
+        waited += UNCOMMITTED_RECHECK_MS;
+        start = await startOf();
+      }
       if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
         if (start.kind === "taken") await budget.refund(mailbox, takeId).catch(() => {});
         this.leaveLockLost(log());
@@ -364,11 +379,11 @@ export class MailboxDispatcher implements DeliveryLane {
         return;
       }
       if (start.kind === "uncommitted") {
-        // its submission is still being committed (its client may yet get 451 and send it again): it waits for
-        // the commit, longer the older the job; a commit that failed leaves a body that expires, and the job is
-        // dropped then (no-body)
+        // still not committed: a commit that failed (its client got 451 and may send the message again) leaves
+        // a body that expires, and the job is dropped then (no-body). It waits in the queue, longer the older
+        // it is, until then
         const waitMs = Math.min(
-          Math.max(UNCOMMITTED_RECHECK_MS, Date.now() - job.timestamp),
+          Math.max(UNCOMMITTED_KEEP_MS, Date.now() - job.timestamp),
           start.expiresInMs + UNCOMMITTED_RECHECK_MS,
         );
         this.logger.debug({ ...log(), waitMs }, "message not yet committed by its submission: it waits");
