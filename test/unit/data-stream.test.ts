@@ -36,6 +36,20 @@ describe("the DATA encoding of upstream messages (nodemailer's DataStream, patch
     expect(await encode([Buffer.from("no newline at the end")])).toBe("no newline at the end\r\n.\r\n");
   });
 
+  it("sends a clean message and its end mark in one write; a chunk over 64 KB is not held back to be copied", async () => {
+    const writes = async (body: Buffer) => {
+      const stream = new DataStream();
+      let count = 0;
+      stream.on("data", () => count++);
+      const ended = new Promise((resolve) => stream.on("end", resolve));
+      stream.end(body);
+      await ended;
+      return count;
+    };
+    expect(await writes(Buffer.from(`Subject: scan\r\n\r\n${"line\r\n".repeat(1_500)}`))).toBe(1);
+    expect(await writes(Buffer.alloc(100 * 1024, "a"))).toBe(2);
+  });
+
   it("doubles leading dots and makes bare CR and LF into CRLF, also where they straddle two chunks", async () => {
     expect(await encode([Buffer.from(".first\r\n..second\r\nthird")])).toBe(
       "..first\r\n...second\r\nthird\r\n.\r\n",
