@@ -27,9 +27,11 @@ describe("crashes while 1,000 messages stream through two relays", () => {
     expect(report.faulted).toBe(true);
     expect(report.acknowledged).toBe(1_000);
     expect(report.missing).toEqual([]);
-    // only messages in flight on the killed relay can be sent twice: deliveries on its 3 connections, and
-    // submissions of its 10 clients that were queued but whose 250 never left (the client sends them again)
-    expect(report.resent).toBeLessThanOrEqual(3 * 2);
+    // only messages in flight on the killed relay can be sent twice: on each of its (at most 3) connections the
+    // one on the wire and the one before it, whose 250 came less than 5 ms earlier (its record waits, so as not
+    // to hold up the next message: docs/limits.md); and submissions of its 10 clients that were queued but
+    // whose 250 never left (the client sends them again)
+    expect(report.resent).toBeLessThanOrEqual(3 * 2 * 2);
     expect(report.resubmitted).toBeLessThanOrEqual(10 * 2);
   });
 
