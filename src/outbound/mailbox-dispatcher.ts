@@ -136,6 +136,8 @@ export class MailboxDispatcher implements DeliveryLane {
    * or the event loop stalled) and the stalled-job check gives them to another worker, which will send them.
    */
   private readonly lockLost = new Map<string, number>();
+  /** Runs of each job in progress here: after a lapsed lock, a job can have two (the old one, and the new one). */
+  private readonly runs = new Map<string, number>();
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -269,11 +271,20 @@ export class MailboxDispatcher implements DeliveryLane {
     const startedAt = Date.now();
     const interactive = job.data.priority !== "bulk";
     if (interactive) this.interactiveInProgress++;
+    const id = job.id ?? "";
+    this.runs.set(id, (this.runs.get(id) ?? 0) + 1);
     try {
       return await this.deliverJob(job, token, startedAt);
     } finally {
       if (interactive) this.interactiveInProgress--;
-      if (job.id && this.lostLock(job, startedAt)) this.lockLost.delete(job.id);
+      // the record of a lost lock is forgotten with the job's last run here: a newer run that took it for its
+      // own and ended must not clear it while the old run still waits for a connection (that one would send)
+      const left = (this.runs.get(id) ?? 1) - 1;
+      if (left > 0) this.runs.set(id, left);
+      else {
+        this.runs.delete(id);
+        this.lockLost.delete(id);
+      }
     }
   }
 
