@@ -132,12 +132,13 @@ export class MailboxDispatcher implements DeliveryLane {
    */
   private interactiveInProgress = 0;
   /**
-   * Jobs whose queue lock BullMQ could not renew, and when that was found: their lock lapsed (Redis was away,
-   * or the event loop stalled) and the stalled-job check gives them to another worker, which will send them.
+   * Jobs being delivered here: how many runs of each (after a lapsed lock, a job can have two, the old one and
+   * the new one), and when BullMQ last could not renew its queue lock (0: never). A lock that lapsed (Redis was
+   * away, or the event loop stalled) lets the stalled-job check give the job to another run, which will send
+   * it. Forgotten with the job's last run here: a newer run that ended must not clear it while the old one still
+   * waits for a connection (that one would send).
    */
-  private readonly lockLost = new Map<string, number>();
-  /** Runs of each job in progress here: after a lapsed lock, a job can have two (the old one, and the new one). */
-  private readonly runs = new Map<string, number>();
+  private readonly inProgress = new Map<string, { runs: number; lockLostAt: number }>();
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -192,7 +193,10 @@ export class MailboxDispatcher implements DeliveryLane {
     this.worker.on("error", (err) => this.logger.warn({ err: err.message }, "queue worker error"));
     this.worker.on("stalled", () => options.scheduler.wake(this.name));
     this.worker.on("lockRenewalFailed", (ids: string[]) => {
-      for (const id of ids) this.lockLost.set(id, Date.now());
+      for (const id of ids) {
+        const state = this.inProgress.get(id);
+        if (state) state.lockLostAt = Date.now();
+      }
     });
     this.worker.startLockRenewal();
     this.worker.startStalledCheckTimer().catch((err: Error) => {
@@ -272,25 +276,20 @@ export class MailboxDispatcher implements DeliveryLane {
     const interactive = job.data.priority !== "bulk";
     if (interactive) this.interactiveInProgress++;
     const id = job.id ?? "";
-    this.runs.set(id, (this.runs.get(id) ?? 0) + 1);
+    const state = this.inProgress.get(id) ?? { runs: 0, lockLostAt: 0 };
+    state.runs++;
+    this.inProgress.set(id, state);
     try {
       return await this.deliverJob(job, token, startedAt);
     } finally {
       if (interactive) this.interactiveInProgress--;
-      // the record of a lost lock is forgotten with the job's last run here: a newer run that took it for its
-      // own and ended must not clear it while the old run still waits for a connection (that one would send)
-      const left = (this.runs.get(id) ?? 1) - 1;
-      if (left > 0) this.runs.set(id, left);
-      else {
-        this.runs.delete(id);
-        this.lockLost.delete(id);
-      }
+      if (--state.runs === 0) this.inProgress.delete(id);
     }
   }
 
   /** The job's lock was found lost since this run of it started: another worker may be sending it. */
   private lostLock(job: Job<MessageJob>, startedAt: number): boolean {
-    return job.id !== undefined && (this.lockLost.get(job.id) ?? 0) >= startedAt;
+    return (this.inProgress.get(job.id ?? "")?.lockLostAt ?? 0) >= startedAt;
   }
 
   /**
@@ -363,9 +362,9 @@ export class MailboxDispatcher implements DeliveryLane {
       // a body found before its submission's commit ends (a round trip or two, more with replicas) is looked at
       // again in a moment, the job kept: put back in the queue, an interactive message would lose its place
       // ahead of bulk mail
-      for (let waited = 0; start.kind === "uncommitted" && waited < UNCOMMITTED_KEEP_MS; ) {
+      const keepUntil = Date.now() + UNCOMMITTED_KEEP_MS;
+      while (start.kind === "uncommitted" && Date.now() < keepUntil) {
         await sleep(UNCOMMITTED_RECHECK_MS);
-        waited += UNCOMMITTED_RECHECK_MS;
         start = await startOf();
       }
       if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
