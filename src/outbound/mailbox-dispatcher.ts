@@ -132,6 +132,13 @@ export class MailboxDispatcher implements DeliveryLane {
    */
   private interactiveInProgress = 0;
   /**
+   * Jobs on their way here: being taken from the queue, or taken and their delivery not yet started (until then
+   * neither the queue's count nor interactiveInProgress shows an interactive one). `arrivals` holds the call that
+   * ends the wait of each job taken, until its delivery starts.
+   */
+  private readonly arriving = new Set<Promise<void>>();
+  private readonly arrivals = new WeakMap<Job<MessageJob>, () => void>();
+  /**
    * Jobs being delivered here: how many runs of each (after a lapsed lock, a job can have two, the old one and
    * the new one), and when BullMQ last could not renew its queue lock (0: never). A lock that lapsed (Redis was
    * away, or the event loop stalled) lets the stalled-job check give the job to another run, which will send
@@ -219,14 +226,51 @@ export class MailboxDispatcher implements DeliveryLane {
   }
 
   private async runTurn(token: string, calls: TurnCalls): Promise<{ dueAt: number }> {
-    const taken = await this.worker.take(token);
-    if (!taken.job) return { dueAt: taken.dueAt };
-    calls.found();
-    let job: Job<MessageJob> | undefined = taken.job;
-    while (job) {
-      job = (await this.worker.processJob(job, token, () => !this.closing && calls.more())) ?? undefined;
+    // a job on its way here (being taken from the queue, or taken and its delivery not yet started) is in
+    // neither the queue's count of interactive mail nor this process's: interactiveWaiting() waits for it
+    let arrival: (() => void) | undefined = this.expectArrival();
+    try {
+      const taken = await this.worker.take(token);
+      if (!taken.job) return { dueAt: taken.dueAt };
+      calls.found();
+      let job: Job<MessageJob> | undefined = taken.job;
+      while (job) {
+        this.arrivals.set(job, arrival ?? (() => {}));
+        arrival = undefined;
+        // the next job comes with this one's completion, when more() allows: on its way from then
+        const fetchNext = () => {
+          if (!arrival && !this.closing && calls.more()) arrival = this.expectArrival();
+          return arrival !== undefined;
+        };
+        const run = this.worker.processJob(job, token, fetchNext);
+        const delivered = job;
+        job = (await run) ?? undefined;
+        // not delivered at all (BullMQ failed it before its processor): it has arrived all the same
+        this.arrived(delivered);
+      }
+      return { dueAt: 0 };
+    } finally {
+      arrival?.();
     }
-    return { dueAt: 0 };
+  }
+
+  /** Counts a job on its way here until the returned call. */
+  private expectArrival(): () => void {
+    let arrived = () => {};
+    const promise = new Promise<void>((resolve) => {
+      arrived = () => {
+        this.arriving.delete(promise);
+        resolve();
+      };
+    });
+    this.arriving.add(promise);
+    return arrived;
+  }
+
+  /** The job's delivery has started here (its lane is counted) or will not: it is no longer on its way. */
+  private arrived(job: Job<MessageJob>): void {
+    this.arrivals.get(job)?.();
+    this.arrivals.delete(job);
   }
 
   /**
@@ -275,6 +319,7 @@ export class MailboxDispatcher implements DeliveryLane {
     const startedAt = Date.now();
     const interactive = job.data.priority !== "bulk";
     if (interactive) this.interactiveInProgress++;
+    this.arrived(job);
     const id = job.id ?? "";
     const state = this.inProgress.get(id) ?? { runs: 0, lockLostAt: 0 };
     state.runs++;
@@ -587,10 +632,15 @@ export class MailboxDispatcher implements DeliveryLane {
     return { ...limits, messagesPerMinute: limits.messagesPerMinute - 1 };
   }
 
-  /** Interactive mail waiting for this mailbox: in the queue, or being delivered by this process. */
+  /** Interactive mail waiting for this mailbox: in the queue, on its way here, or being delivered here. */
   private async interactiveWaiting(): Promise<boolean> {
     if (this.interactiveInProgress > 0) return true;
-    return (await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0;
+    if ((await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0) return true;
+    // a job taken from the queue before the count was made is no longer in it, and its delivery here may not
+    // have started (its reply comes over another connection): once the jobs on their way now have arrived,
+    // an interactive one among them is counted here
+    await Promise.all([...this.arriving]);
+    return this.interactiveInProgress > 0;
   }
 
   /**
