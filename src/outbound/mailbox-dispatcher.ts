@@ -242,11 +242,13 @@ export class MailboxDispatcher implements DeliveryLane {
           if (!arrival && !this.closing && calls.more()) arrival = this.expectArrival();
           return arrival !== undefined;
         };
-        const run = this.worker.processJob(job, token, fetchNext);
-        const delivered = job;
-        job = (await run) ?? undefined;
-        // not delivered at all (BullMQ failed it before its processor): it has arrived all the same
-        this.arrived(delivered);
+        const current: Job<MessageJob> = job;
+        try {
+          job = (await this.worker.processJob(current, token, fetchNext)) ?? undefined;
+        } finally {
+          // not delivered at all (BullMQ failed it before its processor): it has arrived all the same
+          this.arrived(current);
+        }
       }
       return { dueAt: 0 };
     } finally {
