@@ -1,8 +1,10 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import { startRedisDelayProxy } from "./support/redis-delay-proxy.js";
-import { startTestRelay, type TestRelay, tempFile } from "./support/relay.js";
+import { startPrivateRedis } from "./support/redis-server.js";
+import { startTestRelay, type TestRelay, tempFile, waitFor } from "./support/relay.js";
 import { buildMessage, openSubmission, submit } from "./support/smtp-client.js";
 
 const MAILBOX = "newsletter@contoso.com";
@@ -116,29 +118,38 @@ async function startLanes(mailbox: string, replyDelayMs: number, settings: Recor
   return { slow, relay, sendAlert, stop };
 }
 
+/** startLanes with a mailbox of two connections and budgets out of the way. */
+const startTwoConnections = (mailbox: string, replyDelayMs: number, redis: string) =>
+  startLanes(mailbox, replyDelayMs, {
+    redis,
+    mailboxes: {
+      [mailbox]: {
+        password: "pw",
+        limits: { connections: 2, messagesPerMinute: 100_000, recipientsPerDay: 100_000 },
+      },
+    },
+  });
+
+/** Submits `count` bulk messages (subjects `<prefix>-<i>`) over one connection from the newsletter client. */
+async function sendBulk(port: number, count: number, prefix: string): Promise<void> {
+  const bulk = await openSubmission({ port, localAddress: "127.0.0.3", startTls: false });
+  for (let i = 0; i < count; i++) {
+    const to = [`reader${i}@example.org`];
+    const raw = buildMessage({ from: "news@contoso.com", to, subject: `${prefix}-${i}` });
+    expect((await bulk.send({ from: "news@contoso.com", to }, raw)).code).toBe(250);
+  }
+  await bulk.close();
+}
+
 describe("the last connection", () => {
   /** Bulk mail keeps two connections busy; an alert comes: it must get the next connection that frees. */
   async function alertAmongBulk(redis: string): Promise<void> {
     const MAILBOX2 = "alerts@contoso.com";
     // slow replies keep both connections busy, so who takes the next free one is visible in the order; 1 s, so
     // that the alert is queued within one reply even on a loaded machine (300 ms failed once in a full run)
-    const { slow, relay, sendAlert, stop } = await startLanes(MAILBOX2, 1_000, {
-      redis,
-      mailboxes: {
-        [MAILBOX2]: {
-          password: "pw",
-          limits: { connections: 2, messagesPerMinute: 100_000, recipientsPerDay: 100_000 },
-        },
-      },
-    });
+    const { slow, relay, sendAlert, stop } = await startTwoConnections(MAILBOX2, 1_000, redis);
     try {
-      const bulk = await openSubmission({ port: relay.port, localAddress: "127.0.0.3", startTls: false });
-      for (let i = 0; i < 20; i++) {
-        const to = [`reader${i}@example.org`];
-        const raw = buildMessage({ from: "news@contoso.com", to, subject: `bulk-${i}` });
-        expect((await bulk.send({ from: "news@contoso.com", to }, raw)).code).toBe(250);
-      }
-      await bulk.close();
+      await sendBulk(relay.port, 20, "bulk");
       // two bulk messages are being sent and two more wait for a connection when the alert arrives
       await slow.waitForMessages(4, 30_000);
       const before = slow.messages.length;
@@ -222,4 +233,34 @@ describe("the last message of the minute", () => {
       await stop();
     }
   }, 120_000);
+});
+
+describe("bulk mail that waits for a connection while Redis is away", () => {
+  it("waits for Redis to come back and spends no attempt", async () => {
+    const MAILBOX4 = "digest@contoso.com";
+    const redis = await startPrivateRedis();
+    // 3 s replies: two bulk messages hold both connections; the third waits for one, asking Redis every
+    // 50-150 ms whether interactive mail waits (it may not take the last connection then)
+    const { slow, relay, stop } = await startTwoConnections(MAILBOX4, 3_000, redis.url);
+    try {
+      await sendBulk(relay.port, 3, "digest");
+      await waitFor(() => slow.openConnections(MAILBOX4) === 2, 10_000, "two messages on the wire");
+      await sleep(300);
+      await redis.stop();
+      await sleep(1_000);
+      await redis.start();
+      await slow.waitForMessages(3, 30_000);
+      const queue = relay.spool.queue(MAILBOX4);
+      await waitFor(async () => (await queue.getCompletedCount()) === 3, 20_000, "three jobs completed");
+      const attempts = (await queue.getJobs(["completed"])).map((job) => job.attemptsMade);
+      // before, the question failed at once on the submission connection, the failure was taken for the
+      // upstream's, and the message was retried (an attempt spent, a backoff waited, "delivery deferred")
+      // (a completed job counts the attempt that delivered it)
+      expect(attempts).toEqual([1, 1, 1]);
+      expect(relay.logs.filter((l) => l.event === "deferred")).toEqual([]);
+    } finally {
+      await stop();
+      await redis.destroy();
+    }
+  }, 60_000);
 });

@@ -637,7 +637,10 @@ export class MailboxDispatcher implements DeliveryLane {
   /** Interactive mail waiting for this mailbox: in the queue, on its way here, or being delivered here. */
   private async interactiveWaiting(): Promise<boolean> {
     if (this.interactiveInProgress > 0) return true;
-    if ((await this.options.spool.interactiveWaiting(this.options.mailbox)) > 0) return true;
+    // over the worker connection, which waits while Redis is away (the spool's fails at once, and the failure
+    // was taken for the upstream's and cost the bulk message an attempt)
+    const { spool, mailbox, connection } = this.options;
+    if ((await spool.interactiveWaiting(mailbox, connection)) > 0) return true;
     // a job taken from the queue before the count was made is no longer in it, and its delivery here may not
     // have started (its reply comes over another connection): once the jobs on their way now have arrived,
     // an interactive one among them is counted here

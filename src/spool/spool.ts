@@ -23,7 +23,8 @@ export function newQueueId(): string {
  * its mailbox. The one place that knows key and queue names.
  */
 export class Spool {
-  private readonly queues = new Map<string, Queue<MessageJob>>();
+  /** Queues by the connection they use (the spool's own, or a caller's: see queue()), then by name. */
+  private readonly queues = new Map<Redis, Map<string, Queue<MessageJob>>>();
   /** Queues with a wake not yet published (wakes are sent once per tick, not once per message). */
   private readonly wakes = new Set<string>();
   private wakesSent: Promise<unknown> = Promise.resolve();
@@ -110,13 +111,19 @@ export class Spool {
     });
   }
 
-  queue(mailbox: string | null): Queue<MessageJob> {
+  /**
+   * The mailbox's queue (null: mail held for want of one), on the spool's connection, which fails at once while
+   * Redis is away, or on `via` (delivery's, which waits for Redis).
+   */
+  queue(mailbox: string | null, via: Redis = this.redis): Queue<MessageJob> {
     const name = this.queueName(mailbox);
-    let queue = this.queues.get(name);
+    const byName = this.queues.get(via) ?? new Map<string, Queue<MessageJob>>();
+    this.queues.set(via, byName);
+    let queue = byName.get(name);
     if (!queue) {
-      queue = new Queue<MessageJob>(name, { connection: this.redis, prefix: this.prefix });
+      queue = new Queue<MessageJob>(name, { connection: via, prefix: this.prefix });
       queue.on("error", () => {});
-      this.queues.set(name, queue);
+      byName.set(name, queue);
     }
     return queue;
   }
@@ -176,9 +183,9 @@ export class Spool {
     return this.queue(mailbox).getJobCountByTypes("waiting", "prioritized", "delayed", "active");
   }
 
-  /** Interactive messages of a mailbox ready to be sent (not held). */
-  async interactiveWaiting(mailbox: string): Promise<number> {
-    const queue = this.queue(mailbox);
+  /** Interactive messages of a mailbox ready to be sent (not held); asked over `via` (see queue()). */
+  async interactiveWaiting(mailbox: string, via?: Redis): Promise<number> {
+    const queue = this.queue(mailbox, via);
     const [counts, waiting] = await Promise.all([
       queue.getCountsPerPriority([JOB_PRIORITY.interactive]),
       queue.getWaitingCount(),
@@ -217,7 +224,8 @@ export class Spool {
 
   async close(): Promise<void> {
     await this.wakesSent;
-    await Promise.all([...this.queues.values()].map((q) => q.close().catch(() => {})));
+    const queues = [...this.queues.values()].flatMap((byName) => [...byName.values()]);
+    await Promise.all(queues.map((q) => q.close().catch(() => {})));
     this.queues.clear();
   }
 }
