@@ -21,7 +21,8 @@
  * relays x mailboxes), `--no-bare`, `--max-messages-per-connection N` (default 1,000, the relay's default),
  * `--delivery-concurrency N` (the relays' deliveryConcurrency; default the relay's, 200),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
- * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json), `--profile <dir>` (a CPU
+ * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json, with the fake's
+ * performance.now() times of MAIL FROM, 354, end of DATA and 250), `--profile <dir>` (a CPU
  * profile of each relay during each delivery run, to open in Chrome's DevTools). BENCH_NODE_ARGS="--cpu-prof
  * --cpu-prof-dir=/tmp/prof" passes node options to the relays (profiles of their whole life).
  * The relays run from dist/ (npm run bench builds first).
@@ -723,9 +724,12 @@ interface DeliveryResult {
   timedOut: boolean;
 }
 
+/** Where queueIdOf looks for the queue id: the fake upstream keeps no more of each message. */
+const QUEUE_ID_HEAD_BYTES = 2_048;
+
 /** The relay's queue id from the Received header it adds (`... with ESMTP id <queue id>`). */
 function queueIdOf(raw: Buffer): string {
-  const head = raw.subarray(0, 2_048).toString("latin1");
+  const head = raw.subarray(0, QUEUE_ID_HEAD_BYTES).toString("latin1");
   return / id ([0-9A-Z]+)/.exec(head)?.[1] ?? head;
 }
 
@@ -865,7 +869,15 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     const messages: ReceivedMessage[] = env.upstream.messages.slice();
     if (KEEP) {
       // each delivery as the upstream saw it, for a closer look (times from the start, ms)
-      const rows = messages.map((m) => [m.user, m.connectionId, m.receivedAt - startedAt]);
+      const rows = messages.map((m) => [
+        m.user,
+        m.connectionId,
+        m.receivedAt - startedAt,
+        m.timing.mailFrom,
+        m.timing.dataStart,
+        m.timing.dataEnd,
+        m.timing.replied,
+      ]);
       writeFileSync(join(env.dir, `deliveries-d${run}.json`), JSON.stringify(rows));
     }
     const times = messages.map((m) => m.receivedAt).sort((a, b) => a - b);
@@ -1840,6 +1852,8 @@ async function main(): Promise<void> {
       users,
       replyDelayMs: REPLY_DELAY_MS,
       maxConnectionsPerUser: CONNECTIONS_PER_MAILBOX,
+      // the head (queueIdOf reads the Received header): whole messages kept this process's GC pausing it
+      keepBytes: QUEUE_ID_HEAD_BYTES,
     });
     try {
       const env: DeliveryEnv = { dir, redis, admin, upstream, caFile };

@@ -97,6 +97,20 @@ describe("fake Exchange Online upstream", () => {
     expect(upstream.authCount(MAILBOX)).toBe(1);
   });
 
+  it("keeps only the first keepBytes of each message when told to (the benchmark's memory)", async () => {
+    const head = await startFakeUpstream({
+      tls: await pki.issue(["127.0.0.1"]),
+      users: { [MAILBOX]: PASSWORD },
+      keepBytes: 100,
+    });
+    extraUpstreams.push(head);
+    const sent = message();
+    expect((await submit({ ...login({ port: head.port }), ...sent })).code).toBe(250);
+    const [received] = await head.waitForMessages(1, 5000);
+    expect(sent.raw.length).toBeGreaterThan(100);
+    expect(received?.raw.equals(sent.raw.subarray(0, 100))).toBe(true);
+  });
+
   it("accepts AUTH LOGIN, answers each step with an enhanced status code as Exchange does", async () => {
     const raw = await openRawSmtp({ port: upstream.port, ca: pki.ca });
     try {
