@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createTestPki, type TestPki } from "../support/certs.js";
-import { type FakeUpstream, startFakeUpstream } from "../support/fake-upstream.js";
+import { type FakeUpstream, type FakeUpstreamOptions, startFakeUpstream } from "../support/fake-upstream.js";
 import {
   buildMessage,
   openRawSmtp,
@@ -37,6 +37,17 @@ async function session(extra: Partial<SubmissionOptions> = {}): Promise<Submissi
   const opened = await openSubmission(login(extra));
   sessions.push(opened);
   return opened;
+}
+
+/** A second fake (TLS, the mailbox's password) with other settings; stopped after the test. */
+async function extraUpstream(options: Partial<FakeUpstreamOptions>): Promise<FakeUpstream> {
+  const extra = await startFakeUpstream({
+    tls: await pki.issue(["127.0.0.1"]),
+    users: { [MAILBOX]: PASSWORD },
+    ...options,
+  });
+  extraUpstreams.push(extra);
+  return extra;
 }
 
 beforeAll(async () => {
@@ -98,12 +109,7 @@ describe("fake Exchange Online upstream", () => {
   });
 
   it("keeps only the first keepBytes of each message when told to (the benchmark's memory)", async () => {
-    const head = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      users: { [MAILBOX]: PASSWORD },
-      keepBytes: 100,
-    });
-    extraUpstreams.push(head);
+    const head = await extraUpstream({ keepBytes: 100 });
     const sent = message();
     expect((await submit({ ...login({ port: head.port }), ...sent })).code).toBe(250);
     const [received] = await head.waitForMessages(1, 5000);
@@ -219,12 +225,7 @@ describe("fake Exchange Online upstream", () => {
   });
 
   it("delays replies as scripted and by replyDelayMs", async () => {
-    const slow = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      users: { [MAILBOX]: PASSWORD },
-      replyDelayMs: 150,
-    });
-    extraUpstreams.push(slow);
+    const slow = await extraUpstream({ replyDelayMs: 150 });
     slow.script({ at: "mail", delayMs: 150 });
     const started = Date.now();
     const result = await submit({ ...login({ port: slow.port }), ...message() });
@@ -263,13 +264,9 @@ describe("fake Exchange Online upstream", () => {
   });
 
   it("offers implicit TLS, and plain AUTH when it has no certificate", async () => {
-    const implicit = await startFakeUpstream({
-      tls: await pki.issue(["127.0.0.1"]),
-      implicitTls: true,
-      users: { [MAILBOX]: PASSWORD },
-    });
+    const implicit = await extraUpstream({ implicitTls: true });
     const plain = await startFakeUpstream({ users: { [MAILBOX]: PASSWORD } });
-    extraUpstreams.push(implicit, plain);
+    extraUpstreams.push(plain);
     const overTls = await submit({
       ...login({ port: implicit.port, secure: true, startTls: undefined }),
       ...message(),
