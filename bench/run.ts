@@ -22,7 +22,7 @@
  * `--delivery-concurrency N` (the relays' deliveryConcurrency; default the relay's, 200),
  * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
  * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json, with the fake's
- * performance.now() times of MAIL FROM, 354, end of DATA and 250), `--profile <dir>` (a CPU
+ * performance.now() times of MAIL FROM, 354, end of DATA and 250, and the relay's queue id), `--profile <dir>` (a CPU
  * profile of each relay during each delivery run, to open in Chrome's DevTools). BENCH_NODE_ARGS="--cpu-prof
  * --cpu-prof-dir=/tmp/prof" passes node options to the relays (profiles of their whole life).
  * The relays run from dist/ (npm run bench builds first).
@@ -877,6 +877,7 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
         m.timing.dataStart,
         m.timing.dataEnd,
         m.timing.replied,
+        queueIdOf(m.raw),
       ]);
       writeFileSync(join(env.dir, `deliveries-d${run}.json`), JSON.stringify(rows));
     }
