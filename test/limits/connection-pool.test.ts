@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { PasswordCredentials } from "../../src/auth/upstream-credentials.js";
@@ -138,6 +139,37 @@ describe("a connection pool whose mailbox's other slots are held by another proc
       expect(asked.count).toBe(1);
       // the message goes to the slot holders: they are not asked to close their idle connections for this one
       expect(asked.starved).toBe(0);
+    } finally {
+      await pool.close();
+    }
+  }, 30_000);
+
+  it("backs off twice as long at each refusal in a row while it has no connection, up to a second, and from the start again once it had one", async () => {
+    const leases = new ConnectionLeases(redis, `test-${randomUUID()}`);
+    const held: string[] = [];
+    for (let i = 0; i < 3; i++) held.push((await leases.acquire(MAILBOX, 3)) as string);
+    const pool = countedPool(leases, { count: 0 });
+    const refusal = () =>
+      pool.acquire().then(
+        () => undefined,
+        (err: unknown) => (err as NoConnectionSlot).backOffMs,
+      );
+    try {
+      const backOffs: (number | undefined)[] = [];
+      for (let i = 0; i < 5; i++) backOffs.push(await refusal());
+      // before: 250 ms every time, and a process without a slot took and gave back each mailbox's messages
+      // four times a second for as long as the others held every slot
+      expect(backOffs).toEqual([250, 500, 1_000, 1_000, 1_000]);
+      // a slot frees and the pool gets it; once it has none again, a refusal backs off from the start
+      await leases.release(MAILBOX, held.pop() as string);
+      pool.release(await pool.acquire(), false);
+      let again: string | null = null;
+      for (let i = 0; i < 100 && !again; i++) {
+        again = await leases.acquire(MAILBOX, 3);
+        if (!again) await sleep(20);
+      }
+      expect(again).toBeTruthy();
+      expect(await refusal()).toBe(250);
     } finally {
       await pool.close();
     }
