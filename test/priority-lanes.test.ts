@@ -171,11 +171,12 @@ describe("the last connection", () => {
   }, 120_000);
 
   it("is left to interactive mail that is on its way from the queue: the queue no longer shows it, the relay does", async () => {
-    // the worker connection (which takes jobs from the queue) answers 200 ms late, the queue count does not:
-    // for 200 ms the alert is taken (gone from the count) and not yet being delivered, and bulk mail waiting
-    // for a connection asks at least once in that time (every 50-150 ms). Without counting jobs on their way,
-    // both bulk waiters took a connection then, and the alert came 4 places later (a race of a moment
-    // without the delay: test above, 2 failures in 11 CI runs)
+    // the worker connection (which takes jobs from the queue, and asks for the count) answers 200 ms late: the
+    // take that finds the alert and the count made just after it come back together, 200 ms after the take,
+    // and the count's answer is handled before BullMQ has got from the take's reply to the alert's delivery;
+    // bulk mail waiting for a connection asks every 50-150 ms, so one of its asks lands there. Without counting
+    // jobs on their way, both bulk waiters took a connection then, and the alert came 4 places later (a race
+    // of a moment without the delay: test above, 2 failures in 11 CI runs)
     const proxy = await startRedisDelayProxy(redisUrl, "sluice-worker", 200);
     try {
       await alertAmongBulk(proxy.url);

@@ -1,4 +1,5 @@
 import type { Logger } from "../logger.js";
+import { retryDelay } from "./retry-schedule.js";
 import type { UpstreamConnection } from "./upstream-connection.js";
 
 /** Cluster-wide permission to hold one upstream connection open (see ConnectionLeases). */
@@ -36,14 +37,13 @@ const STARVED_EVERY_MS = 250;
 /**
  * A pool with no connection that gives a message back (every slot held elsewhere) leaves the mailbox alone this
  * long (ms), so that the processes holding the slots take the message rather than this one straight back;
- * twice as long at each refusal in a row, up to GIVEN_BACK_MAX_BACK_OFF_MS. In a steady stream the processes
+ * twice as long at each refusal in a row, up to a second. In a steady stream the processes
  * that hold the slots never let them go idle, and a process without one took a message of each mailbox and gave
  * it back every 250 ms (in two 50-mailbox runs where one relay held the slots, the other used 12-13 % of a core
  * and Redis did 61-62 commands per delivered message against 49: docs/performance.md). The maximum bounds how
  * late it finds a slot that frees (a process that died: its leases expire after leaseTtl).
  */
-const GIVEN_BACK_BACK_OFF_MS = 250;
-const GIVEN_BACK_MAX_BACK_OFF_MS = 1_000;
+const GIVEN_BACK_BACK_OFF = { firstDelay: 250, factor: 2, maxDelay: 1_000 };
 /** A pool that holds connections asks for another lease at most this often (ms) while leases are refused. */
 const REFUSED_ASK_EVERY_MS = 250;
 
@@ -97,7 +97,7 @@ export class ConnectionPool {
   private waiting = 0;
   /** When a lease was last refused (every slot of the mailbox taken somewhere). */
   private refusedAt = 0;
-  /** Leases refused in a row while this pool had no connection (see GIVEN_BACK_BACK_OFF_MS). */
+  /** Leases refused in a row while this pool had no connection (see GIVEN_BACK_BACK_OFF). */
   private refusedEmpty = 0;
 
   constructor(private readonly options: ConnectionPoolOptions) {}
@@ -177,9 +177,12 @@ export class ConnectionPool {
         // the queue for the processes that hold the slots, whose connections may be idle right now (and stay
         // open for it: no hand-over is asked for); with no connection here, this process then leaves the
         // mailbox alone a moment, so as not to take the message straight back
+        // no jitter: the back-off only keeps this process's own turns away from the mailbox
         if (this.size === 0) {
-          const backOffMs = GIVEN_BACK_BACK_OFF_MS * 2 ** Math.min(this.refusedEmpty++, 10);
-          throw new NoConnectionSlot(true, Math.min(backOffMs, GIVEN_BACK_MAX_BACK_OFF_MS));
+          throw new NoConnectionSlot(
+            true,
+            retryDelay(GIVEN_BACK_BACK_OFF, ++this.refusedEmpty, () => 0.5),
+          );
         }
         if (this.waiting - this.opening > this.size) throw new NoConnectionSlot(true);
         // the message stays here: the processes that hold the other slots hand over those they keep idle

@@ -642,8 +642,8 @@ export class MailboxDispatcher implements DeliveryLane {
     const { spool, mailbox, connection } = this.options;
     if ((await spool.interactiveWaiting(mailbox, connection)) > 0) return true;
     // a job taken from the queue before the count was made is no longer in it, and its delivery here may not
-    // have started (its reply comes over another connection): once the jobs on their way now have arrived,
-    // an interactive one among them is counted here
+    // have started: BullMQ takes many more steps from the take's reply to the processor than this answer takes
+    // to get here. Once the jobs on their way now have arrived, an interactive one among them is counted here
     await Promise.all([...this.arriving]);
     return this.interactiveInProgress > 0;
   }

@@ -117,8 +117,11 @@ export class Spool {
    */
   queue(mailbox: string | null, via: Redis = this.redis): Queue<MessageJob> {
     const name = this.queueName(mailbox);
-    const byName = this.queues.get(via) ?? new Map<string, Queue<MessageJob>>();
-    this.queues.set(via, byName);
+    let byName = this.queues.get(via);
+    if (!byName) {
+      byName = new Map();
+      this.queues.set(via, byName);
+    }
     let queue = byName.get(name);
     if (!queue) {
       queue = new Queue<MessageJob>(name, { connection: via, prefix: this.prefix });
