@@ -190,6 +190,25 @@ describe("GET /metrics", () => {
     expect(id).toBeTruthy();
   });
 
+  it("shows unlimited budgets as unlimited in the API and +Inf in the metrics, and delivers under them", async () => {
+    const unlimited = { messagesPerMinute: "unlimited", recipientsPerDay: "unlimited" };
+    const r = await fx.relay({ ...local, defaults: { limits: unlimited } });
+    const base = adminUrl(r);
+    await fx.send(r, ["a@example.com", "b@example.com"]);
+    await fx.upstream.waitForMessages(1);
+    const status = (await api(base, "GET", "/api/status")).json();
+    expect(status.mailboxes[0]).toMatchObject({
+      mailbox: MAILBOX,
+      limits: { ...unlimited, connections: 3 },
+      drainEstimateMs: 0,
+    });
+    const text = (await api(base, "GET", "/metrics")).text;
+    expect(text).toContain(`sluice_budget_limit{mailbox="${MAILBOX}",window="minute"} +Inf\n`);
+    expect(text).toContain(`sluice_budget_limit{mailbox="${MAILBOX}",window="day"} +Inf\n`);
+    // nothing is recorded for a mailbox without budgets: the delivered counter tells the rate
+    expect(metric(text, `sluice_budget_used{mailbox="${MAILBOX}",window="minute"}`)).toBe(0);
+  });
+
   it("keeps the metrics of two relays in one process apart", async () => {
     const a = await fx.relay(local);
     const b = await fx.relay(local);

@@ -64,6 +64,11 @@ describe("sluice queue against Redis with no relay running", () => {
     expect(status.stdout).toMatch(new RegExp(`${MAILBOX}\\s+0\\s+0\\s+0\\s+2\\s`));
     const statusJson = JSON.parse((await sluice(["queue", "status", "-c", config, "--json"])).stdout);
     expect(statusJson).toMatchObject([{ mailbox: MAILBOX, failed: 2, queued: 0, pause: null }]);
+    const noBudgets = writeConfigFile(
+      fx.config({ redisPrefix: prefix, defaults: { limits: { messagesPerMinute: "unlimited" } } }),
+    );
+    const unlimited = await sluice(["queue", "status", "-c", noBudgets]);
+    expect(unlimited.stdout).toMatch(new RegExp(`${MAILBOX}(\\s+\\S+){5}\\s+0/unlimited\\s+0/10000\\s`));
 
     const ls = await sluice(["queue", "ls", "-c", config, "--state", "failed"]);
     expect(ls.stdout).toContain(first);

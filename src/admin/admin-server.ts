@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import type { Redis } from "ioredis";
 import type { AdminConfig } from "../config/schema.js";
 import { parseListenAddress } from "../config/schema.js";
+import { unlimitedAsWord } from "../limits/unlimited.js";
 import type { Logger } from "../logger.js";
 import { DASHBOARD_HTML } from "./dashboard-page.js";
 import {
@@ -106,7 +107,12 @@ export class AdminServer {
   }
 
   private json(res: ServerResponse, status: number, value: unknown): void {
-    this.send(res, status, `${JSON.stringify(value, null, 2)}\n`, "application/json; charset=utf-8");
+    this.send(
+      res,
+      status,
+      `${JSON.stringify(value, unlimitedAsWord, 2)}\n`,
+      "application/json; charset=utf-8",
+    );
   }
 
   private fail(res: ServerResponse, err: Error): void {

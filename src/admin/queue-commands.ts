@@ -1,6 +1,7 @@
 import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import type { Config } from "../config/schema.js";
+import { formatLimit, unlimitedAsWord } from "../limits/unlimited.js";
 import { createLogger } from "../logger.js";
 import { Spool } from "../spool/spool.js";
 import { parseDuration } from "./admin-server.js";
@@ -83,8 +84,8 @@ function statusTable(statuses: MailboxStatus[]): string {
       String(s.active),
       String(s.failed),
       formatAge(s.oldestAgeMs),
-      `${s.messagesLastMinute}/${s.limits.messagesPerMinute}`,
-      `${s.recipientsLastDay}/${s.limits.recipientsPerDay}`,
+      `${s.messagesLastMinute}/${formatLimit(s.limits.messagesPerMinute)}`,
+      `${s.recipientsLastDay}/${formatLimit(s.limits.recipientsPerDay)}`,
       `${s.leases}/${s.limits.connections}`,
       s.drainEstimateMs === null ? "-" : formatAge(s.drainEstimateMs),
       s.pause ? `${s.pause.kind}: ${s.pause.reason}` : "-",
@@ -196,7 +197,7 @@ export function addQueueCommands(program: Command, load: LoadConfig): void {
     .action((options: CommonOptions) =>
       withQueues(load, options, async (queues) => {
         const statuses = await queues.status();
-        out(options.json ? JSON.stringify(statuses, null, 2) : statusTable(statuses));
+        out(options.json ? JSON.stringify(statuses, unlimitedAsWord, 2) : statusTable(statuses));
       }),
     );
 

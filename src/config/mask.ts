@@ -1,4 +1,5 @@
 import { stringify } from "yaml";
+import { unlimitedAsWord } from "../limits/unlimited.js";
 import type { Config } from "./schema.js";
 
 const SECRET_KEYS = new Set([
@@ -38,5 +39,5 @@ function maskUrlPassword(url: string): string {
 
 /** The effective configuration as YAML, secrets masked. */
 export function describeConfig(config: Config): string {
-  return stringify(maskSecrets(config));
+  return stringify(maskSecrets(config), unlimitedAsWord);
 }

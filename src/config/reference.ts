@@ -14,6 +14,7 @@ type JsonSchema = {
   description?: string;
   default?: unknown;
   enum?: unknown[];
+  const?: unknown;
   anyOf?: JsonSchema[];
   properties?: Record<string, JsonSchema>;
   required?: string[];
@@ -26,6 +27,7 @@ type JsonSchema = {
 
 function typeOf(schema: JsonSchema): string {
   if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" \\| ");
+  if (schema.const !== undefined) return JSON.stringify(schema.const);
   if (schema.anyOf) return schema.anyOf.map(typeOf).join(" \\| ");
   if (schema.type === "array") return `list of ${schema.items ? typeOf(schema.items) : "any"}`;
   if (

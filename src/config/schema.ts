@@ -1,6 +1,7 @@
 import bytes from "bytes";
 import ipaddr from "ipaddr.js";
 import { z } from "zod";
+import { UNLIMITED, UNLIMITED_WORD } from "../limits/unlimited.js";
 import {
   DEFAULT_UPSTREAM_PRESET,
   UPSTREAM_PRESET_NAMES,
@@ -100,10 +101,15 @@ export const listenerSchema = z
   })
   .strict();
 
+/** A message or recipient budget: a whole number above zero, or `unlimited` (switched off: UNLIMITED). */
+const budgetLimit = z
+  .union([z.number().int().positive(), z.literal(UNLIMITED_WORD)])
+  .transform((value) => (value === UNLIMITED_WORD ? UNLIMITED : value));
+
 const limitFields = {
   connections: z.number().int().positive().describe("open upstream connections at any instant"),
-  messagesPerMinute: z.number().int().positive().describe("messages per sliding minute"),
-  recipientsPerDay: z.number().int().positive().describe("recipients per sliding 24 hours"),
+  messagesPerMinute: budgetLimit.describe("messages per sliding minute, or unlimited"),
+  recipientsPerDay: budgetLimit.describe("recipients per sliding 24 hours, or unlimited"),
   recipientsPerMessage: z.number().int().positive().describe("recipients per upstream transaction"),
 };
 

@@ -1,6 +1,7 @@
 import type { Redis } from "ioredis";
 import type { ClientConfig } from "../config/schema.js";
 import { MailboxBudget } from "./mailbox-budget.js";
+import { UNLIMITED } from "./unlimited.js";
 
 export interface ClientQuotasOptions {
   /** Length of the "per hour" window, ms. Default 3 600 000. Only tests should change it. */
@@ -18,9 +19,6 @@ export interface QuotaExceeded {
   used: number;
   retryInMs: number;
 }
-
-/** A quota that is not configured: large enough never to hold anything back. */
-const UNLIMITED = 2 ** 52;
 
 /**
  * Per-client submission quotas (messages per sliding hour, recipients per sliding day), shared by every

@@ -2,6 +2,7 @@ import type { Redis } from "ioredis";
 import { requireNonEmpty, requirePositiveInteger } from "./arguments.js";
 import { limitKeys } from "./keys.js";
 import { LuaScript } from "./lua-script.js";
+import { UNLIMITED } from "./unlimited.js";
 
 export interface MailboxBudgetOptions {
   /**
@@ -14,7 +15,9 @@ export interface MailboxBudgetOptions {
 }
 
 export interface BudgetLimits {
+  /** A whole number above zero, or UNLIMITED. */
   messagesPerMinute: number;
+  /** A whole number above zero, or UNLIMITED. */
   recipientsPerDay: number;
 }
 
@@ -78,7 +81,8 @@ const DELIVERY_START = LuaScript.load("delivery-start");
 /**
  * Exact sliding-window budgets per mailbox, shared by all relay processes through Redis: messages per
  * minute and recipients per 24 hours. Each take is a ZSET entry scored by Redis's clock; a running
- * recipient total is decremented as entries expire, so a take costs O(log n + expired entries).
+ * recipient total is decremented as entries expire, so a take costs O(log n + expired entries). With both
+ * limits UNLIMITED a take records nothing (usage() then counts nothing for it).
  */
 export class MailboxBudget {
   private readonly minuteMs: number;
@@ -137,13 +141,11 @@ export class MailboxBudget {
   private takeArgs(request: BudgetRequest, limits: BudgetLimits): (string | number)[] {
     requireNonEmpty("request.id", request.id);
     requirePositiveInteger("request.recipients", request.recipients);
-    requirePositiveInteger("limits.messagesPerMinute", limits.messagesPerMinute);
-    requirePositiveInteger("limits.recipientsPerDay", limits.recipientsPerDay);
     return [
       request.id,
       request.recipients,
-      limits.messagesPerMinute,
-      limits.recipientsPerDay,
+      luaLimit("limits.messagesPerMinute", limits.messagesPerMinute),
+      luaLimit("limits.recipientsPerDay", limits.recipientsPerDay),
       this.minuteMs,
       this.dayMs,
     ];
@@ -167,6 +169,13 @@ export class MailboxBudget {
     const keys = limitKeys(this.prefix, mailbox);
     return [keys.takes, keys.recipientCosts, keys.recipientTotal];
   }
+}
+
+/** A limit as the Lua scripts take it: 0 for unlimited. */
+function luaLimit(name: string, limit: number): number {
+  if (limit === UNLIMITED) return 0;
+  requirePositiveInteger(name, limit);
+  return limit;
 }
 
 function parseDecision(reply: unknown): BudgetDecision {

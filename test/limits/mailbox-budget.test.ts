@@ -3,6 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { MailboxBudget } from "../../src/limits/mailbox-budget.js";
+import { UNLIMITED } from "../../src/limits/unlimited.js";
 
 const redisUrl = inject("redisUrl");
 const MAILBOX = "app.alerts@example.org";
@@ -265,8 +266,50 @@ describe("mailbox budget", () => {
     await expect(
       budget.take(MAILBOX, take(), { messagesPerMinute: Number.NaN, recipientsPerDay: 1 }),
     ).rejects.toThrow(/messagesPerMinute/);
+    await expect(
+      budget.take(MAILBOX, take(), { messagesPerMinute: 1, recipientsPerDay: -UNLIMITED }),
+    ).rejects.toThrow(/recipientsPerDay/);
     expect(() => new MailboxBudget(redis, "x", { dayMs: -1 })).toThrow(/dayMs/);
     expect(() => new MailboxBudget(redis, "x", { minuteMs: 2_000, dayMs: 1_000 })).toThrow(/minuteMs/);
+  });
+
+  it("with one budget unlimited, holds back only on the other, and still counts both", async () => {
+    const budget = new MailboxBudget(redis, uniquePrefix());
+    const noMessageLimit = { messagesPerMinute: UNLIMITED, recipientsPerDay: 50 };
+    for (let i = 0; i < 10; i++) expect((await budget.take(MAILBOX, take(5), noMessageLimit)).ok).toBe(true);
+    expect(await budget.take(MAILBOX, take(), noMessageLimit)).toMatchObject({
+      ok: false,
+      budget: "recipientsPerDay",
+      used: 50,
+      limit: 50,
+    });
+    expect(await budget.take(MAILBOX, take(51), noMessageLimit)).toMatchObject({ ok: false, retryInMs: -1 });
+    expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 10, recipientsLastDay: 50 });
+
+    const other = new MailboxBudget(redis, uniquePrefix());
+    const noRecipientLimit = { messagesPerMinute: 3, recipientsPerDay: UNLIMITED };
+    for (let i = 0; i < 3; i++)
+      expect((await other.take(MAILBOX, take(400), noRecipientLimit)).ok).toBe(true);
+    expect(await other.take(MAILBOX, take(1), noRecipientLimit)).toMatchObject({
+      ok: false,
+      budget: "messagesPerMinute",
+      used: 3,
+      limit: 3,
+    });
+    expect(await other.usage(MAILBOX)).toEqual({ messagesLastMinute: 3, recipientsLastDay: 1_200 });
+  });
+
+  it("with both budgets unlimited, takes every message and writes nothing to Redis", async () => {
+    const prefix = uniquePrefix();
+    const budget = new MailboxBudget(redis, prefix);
+    const unlimited = { messagesPerMinute: UNLIMITED, recipientsPerDay: UNLIMITED };
+    for (let i = 0; i < 100; i++) expect((await budget.take(MAILBOX, take(1_000), unlimited)).ok).toBe(true);
+    expect(await redis.keys(`${prefix}:*`)).toEqual([]);
+    const body = `${prefix}:body`;
+    await redis.set(body, "the body");
+    const start = await budget.startDelivery(MAILBOX, take(), unlimited, { pause: `${prefix}:pause`, body });
+    expect(start.kind === "taken" && String(start.body)).toBe("the body");
+    expect(await redis.keys(`${prefix}:*`)).toEqual([body]);
   });
 
   describe("startDelivery: the pause, the take and the body in one round trip", () => {

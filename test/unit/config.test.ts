@@ -4,8 +4,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { parse as parseYaml } from "yaml";
 import { ConfigError, findConfigFile, loadConfig, parseConfig } from "../../src/config/load.js";
 import { describeConfig } from "../../src/config/mask.js";
+import { UNLIMITED } from "../../src/limits/unlimited.js";
 
 const run = promisify(execFile);
 const cli = join(import.meta.dirname, "../../src/cli.ts");
@@ -100,6 +102,46 @@ describe("configuration", () => {
   it("accepts sizes as strings or byte counts", () => {
     expect(parseConfig({ maxMessageSize: "10MB" }, {}, "t").config.maxMessageSize).toBe(10 * 1024 * 1024);
     expect(parseConfig({ maxMessageSize: 1000 }, {}, "t").config.maxMessageSize).toBe(1000);
+  });
+
+  it("takes unlimited for the message and recipient budgets only, and prints it back as unlimited", () => {
+    const { config } = parseConfig(
+      {
+        defaults: { limits: { messagesPerMinute: "unlimited" } },
+        mailboxes: {
+          "hve@contoso.com": { password: "x", limits: { recipientsPerDay: "unlimited" } },
+          "o365@contoso.com": { password: "x", limits: { messagesPerMinute: 30 } },
+        },
+      },
+      {},
+      "t",
+    );
+    expect(config.defaults.limits).toMatchObject({ messagesPerMinute: UNLIMITED, recipientsPerDay: 10_000 });
+    expect(config.mailboxes["hve@contoso.com"]?.limits).toMatchObject({
+      messagesPerMinute: UNLIMITED,
+      recipientsPerDay: UNLIMITED,
+    });
+    expect(config.mailboxes["o365@contoso.com"]?.limits.messagesPerMinute).toBe(30);
+    const printed = describeConfig(config);
+    expect(printed).toMatch(/messagesPerMinute: unlimited/);
+    expect(printed).not.toMatch(/inf/i);
+    expect(parseYaml(printed).mailboxes["hve@contoso.com"].limits).toMatchObject({
+      messagesPerMinute: "unlimited",
+      recipientsPerDay: "unlimited",
+    });
+
+    const problems = problemsOf({
+      defaults: {
+        limits: { connections: "unlimited", recipientsPerMessage: "unlimited", messagesPerMinute: 0 },
+      },
+      mailboxes: { "a@b.example": { password: "x", limits: { recipientsPerDay: "none" } } },
+    });
+    expect(problems.map((p) => p.split(":")[0]).sort()).toEqual([
+      "defaults.limits.connections",
+      "defaults.limits.messagesPerMinute",
+      "defaults.limits.recipientsPerMessage",
+      'mailboxes."a@b.example".limits.recipientsPerDay',
+    ]);
   });
 
   it("with no file, lets loopback submit and sends as SLUICE_MAILBOX when it is set", () => {

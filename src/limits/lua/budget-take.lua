@@ -4,19 +4,22 @@
 -- costs one ZADD, not two, and the day's purge clears the minute's old entries too.
 -- KEYS[1] takes ZSET (take id -> ms), KEYS[2] recipient costs HASH (take id -> recipients),
 -- KEYS[3] recipient total STRING
--- ARGV[1] take id, ARGV[2] recipients, ARGV[3] messagesPerMinute, ARGV[4] recipientsPerDay,
+-- ARGV[1] take id, ARGV[2] recipients, ARGV[3] messagesPerMinute, ARGV[4] recipientsPerDay (0: unlimited),
 -- ARGV[5] minuteMs, ARGV[6] dayMs
 -- Returns {1} when taken, else {0, budget, retryInMs, used, limit}; retryInMs -1 means it never fits.
+-- With both budgets unlimited nothing is read or recorded: {1} at once.
 
 if redis.replicate_commands then redis.replicate_commands() end
 
 -- Ids per HMGET/HDEL/ZREM call: stays below the limit on unpack() arguments.
 local BATCH = 500
 
+local perMinute, perDay = tonumber(ARGV[3]), tonumber(ARGV[4])
+if perMinute == 0 and perDay == 0 then return {1} end
+
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, wanted = ARGV[1], tonumber(ARGV[2])
-local perMinute, perDay = tonumber(ARGV[3]), tonumber(ARGV[4])
 local minuteMs, dayMs = tonumber(ARGV[5]), tonumber(ARGV[6])
 
 -- Drops expired entries and subtracts their costs from the running total; returns the total.
@@ -77,12 +80,12 @@ end
 local recipients = purgeRecipients()
 local messages = messagesInMinute()
 
-if wanted > perDay then return {0, "recipientsPerDay", -1, recipients, perDay} end
+if perDay > 0 and wanted > perDay then return {0, "recipientsPerDay", -1, recipients, perDay} end
 
 local messagesWait = false
-if messages + 1 > perMinute then messagesWait = messagesRetryIn(messages) end
+if perMinute > 0 and messages + 1 > perMinute then messagesWait = messagesRetryIn(messages) end
 local recipientsWait = false
-if recipients + wanted > perDay then recipientsWait = recipientsRetryIn(recipients) end
+if perDay > 0 and recipients + wanted > perDay then recipientsWait = recipientsRetryIn(recipients) end
 
 -- Both full: report the one that frees later, the earliest moment the request can fit.
 if recipientsWait and (not messagesWait or recipientsWait > messagesWait) then
