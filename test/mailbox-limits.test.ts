@@ -2,6 +2,7 @@ import { Redis } from "ioredis";
 import { describe, expect, inject, it } from "vitest";
 import { MailboxBudget } from "../src/limits/mailbox-budget.js";
 import { MailboxPauses } from "../src/outbound/mailbox-pauses.js";
+import { startRedisDelayProxy } from "./support/redis-delay-proxy.js";
 import { type TestRelay, waitFor } from "./support/relay.js";
 import { buildMessage, submit } from "./support/smtp-client.js";
 import { useFakeUpstream } from "./support/upstream-fixture.js";
@@ -218,6 +219,50 @@ describe("a job whose body is gone", () => {
       expect(await budget.usage(MAILBOX)).toEqual({ messagesLastMinute: 1, recipientsLastDay: 1 });
     } finally {
       await redis.quit();
+    }
+  });
+});
+
+describe("a delivered message's body", () => {
+  it("is removed before the job's completion, without waiting for Redis's answer in between", async () => {
+    // Redis's replies on the worker connection (the body's removal and BullMQ's completion go over it) reach the
+    // relay 200 ms late: a relay that waited for the removal's answer before completing the job sent the
+    // completion 200 ms or more after the removal; sent one after the other on one connection, Redis still
+    // runs them in that order (so a relay that dies after the removal leaves a job that is dropped as
+    // delivered, never sent twice), one round trip instead of two
+    const proxy = await startRedisDelayProxy(redisUrl, "sluice-worker", 200);
+    const redis = new Redis(redisUrl);
+    try {
+      const r = await relay({ redis: proxy.url });
+      expect((await send(r, ["removed@example.com"])).ok).toBe(true);
+      await fx.upstream.waitForMessages(1, 20_000);
+      const queue = r.spool.queue(MAILBOX);
+      await waitFor(async () => (await queue.getCompletedCount()) === 1, 20_000, "job completed");
+      const [job] = await queue.getJobs(["completed"]);
+      if (!job?.id) throw new Error("no completed job");
+      const body = r.spool.bodyKey(job.id);
+      expect(await redis.exists(body)).toBe(0);
+
+      const sent = proxy.traffic.filter((chunk) => chunk.from === "client");
+      // the commands as RESP: DEL <body>, and BullMQ's moveToFinished, whose arguments are the queue's
+      // completed set and the job's id (by EVALSHA, or EVAL with the script the first time)
+      const removal = sent.findIndex((chunk) =>
+        chunk.text.toLowerCase().includes(`$3\r\ndel\r\n$${body.length}\r\n${body}\r\n`.toLowerCase()),
+      );
+      const completion = sent.findIndex(
+        (chunk, i) =>
+          i >= removal && chunk.text.includes(":completed\r\n") && chunk.text.includes(`\r\n${job.id}\r\n`),
+      );
+      expect(removal).toBeGreaterThanOrEqual(0);
+      expect(completion).toBeGreaterThanOrEqual(removal);
+      const gapMs = (sent[completion]?.at ?? 0) - (sent[removal]?.at ?? 0);
+      console.info(`body removal -> job completion sent ${gapMs.toFixed(1)} ms apart`);
+      // waiting for the answer puts 200 ms between them (203 ms when measured); not waiting, none (0.0): the bound
+      // is half-way, far from both
+      expect(gapMs).toBeLessThan(100);
+    } finally {
+      await redis.quit();
+      await proxy.stop();
     }
   });
 });

@@ -524,8 +524,13 @@ export class MailboxDispatcher implements DeliveryLane {
             refused: refusedNow,
             replies: replies.map(stamped),
           };
-          // on the worker connection, which waits for Redis when it is away (the spool's fails at once)
-          await spool.removeBody(job.data.id, this.options.connection);
+          // on the worker connection, which waits for Redis when it is away (the spool's fails at once), and
+          // without waiting for its answer: BullMQ's completion goes over the same connection right after it, and
+          // Redis runs the two in that order (one round trip, not two). Should the removal fail (the connection
+          // closed for good), the completion, queued behind it, fails too and the job is run again
+          spool.removeBody(job.data.id, this.options.connection).catch((err: Error) => {
+            this.logger.warn({ ...log(), err: err.message }, "could not remove a delivered message's body");
+          });
         } else {
           await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
         }
