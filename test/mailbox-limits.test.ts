@@ -243,7 +243,7 @@ describe("a delivered message's body", () => {
       const body = r.spool.bodyKey(job.id);
       expect(await redis.exists(body)).toBe(0);
 
-      const sent = proxy.traffic.filter((chunk) => chunk.from === "client");
+      const { sent } = proxy;
       // the commands as RESP: DEL <body>, and BullMQ's moveToFinished, whose arguments are the queue's
       // completed set and the job's id (by EVALSHA, or EVAL with the script the first time)
       const del = `$3\r\ndel\r\n$${body.length}\r\n${body}\r\n`.toLowerCase();

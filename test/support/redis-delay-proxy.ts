@@ -4,18 +4,14 @@ import { performance } from "node:perf_hooks";
 export interface RedisDelayProxy {
   /** A redis:// URL that leads to the real Redis through the proxy. */
   url: string;
-  /**
-   * What went over the delayed connections, in order: what the client sent, when it reached the proxy, and
-   * Redis's replies, when the proxy passed them on to the client (delayMs after they came).
-   */
-  traffic: TrafficChunk[];
+  /** What the clients of the delayed connections sent, in order, as it reached the proxy. */
+  sent: SentChunk[];
   stop(): Promise<void>;
 }
 
-export interface TrafficChunk {
+export interface SentChunk {
   /** performance.now() */
   at: number;
-  from: "client" | "redis";
   /** The bytes as latin1 text (RESP is ASCII but for values). */
   text: string;
 }
@@ -32,7 +28,7 @@ export async function startRedisDelayProxy(
 ): Promise<RedisDelayProxy> {
   const target = new URL(redisUrl);
   const sockets = new Set<Socket>();
-  const traffic: TrafficChunk[] = [];
+  const sent: SentChunk[] = [];
   const server: Server = createServer((client) => {
     const upstream = connect(Number(target.port || 6379), target.hostname);
     sockets.add(client).add(upstream);
@@ -43,7 +39,7 @@ export async function startRedisDelayProxy(
         seen += chunk.toString("latin1");
         delayed = seen.includes(connectionName);
       }
-      if (delayed) traffic.push({ at: performance.now(), from: "client", text: chunk.toString("latin1") });
+      if (delayed) sent.push({ at: performance.now(), text: chunk.toString("latin1") });
       upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
@@ -52,11 +48,7 @@ export async function startRedisDelayProxy(
         return;
       }
       // equal delays fire in the order they were set: replies keep their order
-      setTimeout(() => {
-        if (!client.writable) return;
-        traffic.push({ at: performance.now(), from: "redis", text: chunk.toString("latin1") });
-        client.write(chunk);
-      }, delayMs);
+      setTimeout(() => client.writable && client.write(chunk), delayMs);
     });
     const close = () => {
       client.destroy();
@@ -72,7 +64,7 @@ export async function startRedisDelayProxy(
   const port = typeof address === "object" && address ? address.port : 0;
   return {
     url: `redis://127.0.0.1:${port}`,
-    traffic,
+    sent,
     stop: async () => {
       for (const socket of sockets) socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
