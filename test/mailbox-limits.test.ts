@@ -323,41 +323,50 @@ describe("a job found before its submission's commit ends", () => {
   });
 });
 
-describe("a job whose queue lock lapses while it waits for a connection", () => {
-  it("is not sent by the run that lost its lock, only by the run the stalled-job check starts: once", async () => {
-    // two connections, each held 4 s by a slow message; the next message waits for one with its body read, and
-    // its lock is taken away (as when Redis was away longer than leaseTtl): the renewal fails, the stalled-job
-    // check sends the job round again, and both runs of it wait for the connections, which free at once
-    const r = await relay({ leaseTtl: 2_000, defaults: { limits: { connections: 2 } } });
-    const slow = {
-      match: (tx: { rcptTo: string[] }) => tx.rcptTo.some((a) => a.startsWith("slow")),
-      delayMs: 4_000,
-    };
-    fx.upstream.script(slow, slow);
-    expect((await send(r, ["slow1@example.com"])).ok).toBe(true);
-    expect((await send(r, ["slow2@example.com"])).ok).toBe(true);
-    await waitFor(() => fx.upstream.openConnections(MAILBOX) === 2, 10_000, "slow messages on their way");
-    const next = await send(r, ["next@example.com"]);
-    const id = /queued as (\w+)/.exec(next.response)?.[1];
-    if (!id) throw new Error(`not queued: ${next.response}`);
-    const queue = r.spool.queue(MAILBOX);
-    await waitFor(async () => (await queue.getJobState(id)) === "active", 10_000, "next message taken");
-    const redis = new Redis(redisUrl);
-    try {
-      expect(await redis.del(`${r.config.redisPrefix}:${queue.name}:${id}:lock`)).toBe(1);
-    } finally {
-      await redis.quit();
-    }
-    await waitFor(
-      async () => (await queue.getJobState(id)) === "completed",
-      20_000,
-      "next message completed",
-    );
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
-    const copies = fx.upstream.messages.filter((m) => m.rcptTo.includes("next@example.com"));
-    expect(copies).toHaveLength(1);
-    expect(r.logs.some((l) => l.id === id && l.event === "deferred" && /lock/.test(l.msg))).toBe(true);
-  }, 60_000);
+describe("a job whose queue lock lapses while it waits", () => {
+  it.each([
+    // the connection is taken by a message whose MAIL FROM is answered late: the next one waits for it in the pool
+    ["for a connection", "mail"],
+    // the connection's message was written and waits for its reply: the next one's envelope goes out behind it,
+    // and its data waits for the upstream's 354, which comes after that reply
+    ["for its turn on a connection", "data"],
+  ] as const)(
+    "%s is not sent by the run that lost its lock, only by the run the stalled-job check starts: once",
+    async (_, stage) => {
+      // one connection, held 4 s by a slow message; the next message waits with its body read, and its lock is
+      // taken away (as when Redis was away longer than leaseTtl): the renewal fails, the stalled-job check sends the
+      // job round again, and both runs of it wait, until the slow message is answered
+      const r = await relay({ leaseTtl: 2_000, defaults: { limits: { connections: 1 } } });
+      fx.upstream.script({
+        at: stage,
+        delayMs: 4_000,
+        match: (tx) => tx.mailFrom !== "" && fx.upstream.faultsLeft > 0,
+      });
+      expect((await send(r, ["slow@example.com"])).ok).toBe(true);
+      await waitFor(() => fx.upstream.faultsLeft === 0, 10_000, "slow message on its way");
+      const next = await send(r, ["next@example.com"]);
+      const id = /queued as (\w+)/.exec(next.response)?.[1];
+      if (!id) throw new Error(`not queued: ${next.response}`);
+      const queue = r.spool.queue(MAILBOX);
+      await waitFor(async () => (await queue.getJobState(id)) === "active", 10_000, "next message taken");
+      const redis = new Redis(redisUrl);
+      try {
+        expect(await redis.del(`${r.config.redisPrefix}:${queue.name}:${id}:lock`)).toBe(1);
+      } finally {
+        await redis.quit();
+      }
+      await waitFor(
+        async () => (await queue.getJobState(id)) === "completed",
+        20_000,
+        "next message completed",
+      );
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      const copies = fx.upstream.messages.filter((m) => m.rcptTo.includes("next@example.com"));
+      expect(copies).toHaveLength(1);
+      expect(r.logs.some((l) => l.id === id && l.event === "deferred" && /lock/.test(l.msg))).toBe(true);
+    },
+    60_000,
+  );
 });
 
 describe("independence and pauses", () => {

@@ -67,6 +67,11 @@ export class NoConnectionSlot extends Error {
 export interface AcquireOptions {
   /** How many of this pool's connections the caller may bring into use (bulk mail leaves one free). */
   maxInUse?: () => number | Promise<number>;
+  /**
+   * false: not a connection whose message still waits for its reply (bulk mail: a message sent behind another
+   * is committed to go before any mail that comes later, interactive mail included). Default true.
+   */
+  behindReply?: boolean;
 }
 
 interface Pooled {
@@ -131,34 +136,26 @@ export class ConnectionPool {
 
   private async waitForConnection(wants: AcquireOptions): Promise<UpstreamConnection> {
     const maxInUse = wants.maxInUse ?? (() => this.options.maxConnections);
+    const behindReply = wants.behindReply ?? true;
     const until = Date.now() + this.options.leaseWaitMs;
     for (;;) {
       const allowed = await maxInUse();
-      if (this.inUse >= allowed) {
+      // connections whose message waits for its reply are in use for a caller that will not go behind it
+      const inUse =
+        this.inUse + (behindReply ? 0 : this.idle.filter((p) => p.connection.awaitingReply).length);
+      if (inUse >= allowed) {
         if (this.closed || Date.now() >= until) throw new NoConnectionSlot();
         await this.nextRelease(Math.min(until - Date.now(), 50 + Math.random() * 100));
         continue;
       }
-      while (this.idle.length) {
-        const pooled = this.idle.pop() as Pooled;
-        clearTimeout(pooled.idleTimer);
-        if (pooled.connection.usable && !pooled.leaseLost) {
-          this.busy.set(pooled.connection, pooled);
-          // a reused connection starts a message only under a live lease: a late renewal (a stalled event loop)
-          // must not let it send while another process already holds the slot. A lease renewed less than
-          // renewEveryMs ago has two thirds of its life left: no need to ask Redis again.
-          if (Date.now() - pooled.leasedAt < this.options.lease.renewEveryMs) return pooled.connection;
-          if (await this.renew(pooled).catch(() => false)) return pooled.connection;
-          this.busy.delete(pooled.connection);
-          this.options.logger.warn(
-            "upstream connection lease had expired: closing the connection instead of reusing it",
-          );
-        }
-        this.discard(pooled);
-      }
+      // a connection with nothing in flight first; then a new one; a message goes behind another one's reply
+      // (its envelope sent at once, answered right after that reply) only when no other connection can be had
+      const free = this.hasIdle(false) ? await this.takeIdle(false) : undefined;
+      if (free) return free;
       // refused a moment ago while holding connections of our own: wait for one of them rather than ask Redis
       // again at every turn (a slot another process frees is still found within REFUSED_ASK_EVERY_MS)
       const askAgainAt = this.size > 0 ? this.refusedAt + REFUSED_ASK_EVERY_MS : 0;
+      let refusedNow = false;
       if (this.size < this.options.maxConnections && Date.now() >= askAgainAt) {
         this.opening++;
         try {
@@ -169,9 +166,15 @@ export class ConnectionPool {
             return await this.openUnder(leaseId, leasedAt);
           }
           this.refusedAt = leasedAt;
+          refusedNow = true;
         } finally {
           this.opening--;
         }
+      }
+      // (no await unless there is one: the checks below count the callers still asking for a lease)
+      const behind = behindReply && this.hasIdle(true) ? await this.takeIdle(true) : undefined;
+      if (behind) return behind;
+      if (refusedNow) {
         // the other slots are busy elsewhere. With no connection here, or more callers waiting (besides those
         // opening one of their own) than this pool's connections can serve, one each, the message goes back to
         // the queue for the processes that hold the slots, whose connections may be idle right now (and stay
@@ -198,6 +201,36 @@ export class ConnectionPool {
     }
   }
 
+  private hasIdle(behindReply: boolean): boolean {
+    return this.idle.some((p) => p.connection.awaitingReply === behindReply);
+  }
+
+  /**
+   * Takes the most recently returned idle connection whose message is (`behindReply`) or is not still waiting for
+   * its reply; discards the unusable ones met on the way.
+   */
+  private async takeIdle(behindReply: boolean): Promise<UpstreamConnection | undefined> {
+    for (;;) {
+      const index = this.idle.findLastIndex((p) => p.connection.awaitingReply === behindReply);
+      if (index === -1) return undefined;
+      const [pooled] = this.idle.splice(index, 1) as [Pooled];
+      clearTimeout(pooled.idleTimer);
+      if (pooled.connection.usable && !pooled.leaseLost) {
+        this.busy.set(pooled.connection, pooled);
+        // a reused connection starts a message only under a live lease: a late renewal (a stalled event loop)
+        // must not let it send while another process already holds the slot. A lease renewed less than
+        // renewEveryMs ago has two thirds of its life left: no need to ask Redis again.
+        if (Date.now() - pooled.leasedAt < this.options.lease.renewEveryMs) return pooled.connection;
+        if (await this.renew(pooled).catch(() => false)) return pooled.connection;
+        this.busy.delete(pooled.connection);
+        this.options.logger.warn(
+          "upstream connection lease had expired: closing the connection instead of reusing it",
+        );
+      }
+      this.discard(pooled);
+    }
+  }
+
   private async openUnder(leaseId: string, leasedAt: number): Promise<UpstreamConnection> {
     let connection: UpstreamConnection;
     try {
@@ -207,6 +240,8 @@ export class ConnectionPool {
       throw err;
     }
     const pooled: Pooled = { connection, leaseId, leaseLost: false, leasedAt };
+    // a caller that will not go behind a reply (bulk mail) waits for it
+    connection.onIdle = () => this.wakeAll();
     pooled.renewTimer = setInterval(() => {
       this.renew(pooled).then(
         (held) => {
@@ -278,12 +313,33 @@ export class ConnectionPool {
     this.wakeAll();
   }
 
+  /**
+   * A connection given back while its message waited for the reply, and the reply condemned it (421, 432):
+   * closed now, its slot given back once it is gone. A message that took it meanwhile is withdrawn before its
+   * data (UpstreamConnection's mayWrite) and gives it back closed.
+   */
+  condemn(connection: UpstreamConnection): void {
+    connection.close();
+    const index = this.idle.findIndex((p) => p.connection === connection);
+    const [pooled] = index === -1 ? [] : this.idle.splice(index, 1);
+    if (pooled) this.discard(pooled);
+  }
+
   private discard(pooled: Pooled): void {
-    clearInterval(pooled.renewTimer);
     clearTimeout(pooled.idleTimer);
-    pooled.connection.close();
-    this.options.lease.release(pooled.leaseId).catch(() => {});
+    this.closeAndRelease(pooled).catch(() => {});
     this.wakeAll();
+  }
+
+  /**
+   * Closes the connection and gives its slot back once the session is gone: a message written on it may still
+   * wait for its reply, and until then the connection is open and counted by the upstream.
+   */
+  private async closeAndRelease(pooled: Pooled): Promise<void> {
+    pooled.connection.close();
+    await pooled.connection.ended;
+    clearInterval(pooled.renewTimer);
+    await this.options.lease.release(pooled.leaseId);
   }
 
   /**
@@ -293,7 +349,10 @@ export class ConnectionPool {
    */
   yieldIdle(minIdleMs: number): number {
     const now = Date.now();
-    const stale = this.idle.filter((p) => now - (p.idleSince ?? now) >= minIdleMs);
+    // idle since it came back and since its last reply (a message written on it may still wait for its own)
+    const stale = this.idle.filter(
+      (p) => now - Math.max(p.idleSince ?? now, p.connection.idleSince) >= minIdleMs,
+    );
     for (const pooled of stale) {
       this.idle.splice(this.idle.indexOf(pooled), 1);
       this.discard(pooled);
@@ -305,11 +364,7 @@ export class ConnectionPool {
   async close(): Promise<void> {
     this.closed = true;
     const idle = this.idle.splice(0);
-    for (const pooled of idle) {
-      clearInterval(pooled.renewTimer);
-      clearTimeout(pooled.idleTimer);
-      pooled.connection.close();
-    }
-    await Promise.all(idle.map((p) => this.options.lease.release(p.leaseId).catch(() => {})));
+    for (const pooled of idle) clearTimeout(pooled.idleTimer);
+    await Promise.all(idle.map((p) => this.closeAndRelease(p).catch(() => {})));
   }
 }

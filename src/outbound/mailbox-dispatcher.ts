@@ -474,19 +474,34 @@ export class MailboxDispatcher implements DeliveryLane {
       }
       body = start.body;
       let connection: UpstreamConnection | undefined;
+      /** The connection, given back to the pool once the message was written (see send's onWritten). */
+      let released: UpstreamConnection | undefined;
       let healthy = false;
       try {
         connection = await this.acquireConnection(job);
         // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
         // meanwhile is another worker's to send
         if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
-        const result = await connection.send(mailbox, batch, body);
+        const sending = connection;
+        // the connection goes back as soon as the message is written: the next message's envelope follows at
+        // once (PIPELINING) and is answered right after this message's reply, without a round trip of its own.
+        // A reply that condemns the connection closes it then (below)
+        const result = await sending.send(mailbox, batch, body, {
+          onWritten: () => {
+            connection = undefined;
+            released = sending;
+            this.pool.release(sending, true);
+          },
+          // asked again when the upstream takes the data, which for a message pipelined behind another is that
+          // one's reply time later
+          mayWrite: () => !this.lostLock(job, startedAt),
+        });
         healthy = true;
-        // the connection goes back before the bookkeeping below, so the next message need not wait for it; and
+        // an upstream without PIPELINING: the connection goes back now, before the bookkeeping below
+        if (connection) this.pool.release(connection, true);
+        connection = undefined;
         // the bookkeeping waits a moment, so that it does not hold up this event loop while the connection's
         // next message goes out (the upstream then takes its time to answer: there is room for it there)
-        this.pool.release(connection, true);
-        connection = undefined;
         await sleep(BOOKKEEPING_DELAY_MS);
         const refusedNow = result.rejected
           .filter((r) => (r.responseCode ?? 400) >= 500)
@@ -557,6 +572,20 @@ export class MailboxDispatcher implements DeliveryLane {
           healthy = true;
           throw err;
         }
+        const notSent = err as UpstreamError;
+        if (notSent.code === "EWITHDRAWN") {
+          // the connection was dropped before a byte of the message was written
+          if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
+          this.logger.debug(log(), "connection closed before the message's turn: message waits");
+          return this.hold(job, token, 0);
+        }
+        if (notSent.behindAnother) {
+          this.logger.debug(
+            { ...log(), err: notSent.message },
+            "connection lost before the message's turn (the one before it was waiting for its reply): message waits",
+          );
+          return this.hold(job, token, jitter(250));
+        }
         if (err instanceof NoConnectionSlot) {
           this.logger.debug(log(), "no free upstream connection slot: message waits");
           if (!err.givenUp) return this.hold(job, token, jitter(500));
@@ -594,6 +623,8 @@ export class MailboxDispatcher implements DeliveryLane {
         await this.onFailure(job, token, batch.length, verdict, log(), upstreamError.responseCode);
       } finally {
         if (connection) this.pool.release(connection, healthy);
+        // given back when the message was written, and condemned by its reply (421, 432): no more messages on it
+        else if (released && !healthy) this.pool.condemn(released);
       }
     }
     const remaining = job.data.deferred ?? [];
@@ -662,6 +693,7 @@ export class MailboxDispatcher implements DeliveryLane {
     const { connections } = this.options.limits;
     if (job.data.priority === "bulk") {
       return this.pool.acquire({
+        behindReply: false,
         maxInUse: async () =>
           connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
       });

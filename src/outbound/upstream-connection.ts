@@ -18,10 +18,35 @@ export interface SendResult {
 
 /** nodemailer's SMTP error shape: classify on these fields, never on message text. */
 export interface UpstreamError extends Error {
+  /** nodemailer's: ECONNECTION, ETIMEDOUT, EENVELOPE, ...; EWITHDRAWN: SendHooks.mayWrite said no. */
   code?: string;
   responseCode?: number;
   response?: string;
   command?: string;
+  /**
+   * The session ended while this message, not yet written, waited behind an earlier one for its turn: it was
+   * never sent, and the failure was the earlier message's.
+   */
+  behindAnother?: boolean;
+}
+
+/**
+ * Sending the next message before this one's reply (PIPELINING, RFC 2920 3.1): once `onWritten` is called, the
+ * connection may take the next message, whose envelope then goes out at once and is answered right after this
+ * message's reply.
+ */
+export interface SendHooks {
+  /**
+   * The message, its end of data included, has been written, and the upstream announced PIPELINING (without
+   * it, a client must wait for each reply: not called).
+   */
+  onWritten?: () => void;
+  /**
+   * Asked when the upstream has accepted the envelope, before a byte of the message is written (for a
+   * pipelined message, that can be the earlier message's reply time later). false withdraws it: the session is
+   * dropped (the only way to end DATA without delivering) and send() fails with code EWITHDRAWN.
+   */
+  mayWrite?: () => boolean;
 }
 
 export type UpstreamTlsOptions = ReturnType<typeof upstreamTlsOptions>;
@@ -39,14 +64,33 @@ export function upstreamTlsOptions(upstream: UpstreamConfig) {
   return { minVersion: "TLSv1.2" as const, rejectUnauthorized: true, secureContext, ...servername };
 }
 
-/** One authenticated upstream SMTP session, reusable for many messages (RSET after a failed one). */
+/** A connection error as nodemailer reports one (code ECONNECTION), for sends it no longer answers. */
+const connectionLost = (message: string): UpstreamError =>
+  Object.assign(new Error(message), { code: "ECONNECTION", command: "CONN" });
+
+/**
+ * One authenticated upstream SMTP session, reusable for many messages (RSET after a failed one). With PIPELINING,
+ * a message's envelope may go out as soon as the message before it has been written, behind its end of data
+ * (RFC 2920 3.1): the two are in flight at once, and a reply answers the oldest.
+ */
 export class UpstreamConnection {
   private readonly connection: SMTPConnection;
+  /** No new message may start: closed, closing, or the server ended the session. */
   private closed = false;
-  /** A MAIL FROM was sent and the transaction did not end in 250: RSET before the next one. */
+  /** A MAIL FROM was sent and the transaction did not reach its end of data: RSET before the next one. */
   private transactionOpen = false;
+  /** Sends waiting for a reply, each with how to fail it should the session end first. */
+  private readonly inFlight = new Set<(err: UpstreamError) => void>();
+  /** close() was called: QUIT once the messages in flight have their replies. */
+  private quitAsked = false;
+  private quitting = false;
+  /** The server or the network ended the session. */
+  private sessionEnded = false;
+  /** Resolves once the session has ended (the socket is gone). */
+  readonly ended: Promise<void>;
   messagesSent = 0;
   readonly openedAt = Date.now();
+  private lastReplyAt = this.openedAt;
 
   constructor(
     upstream: UpstreamConfig,
@@ -66,14 +110,41 @@ export class UpstreamConnection {
       greetingTimeout: upstream.connectionTimeout,
       socketTimeout: upstream.socketTimeout,
     });
-    this.connection.on("error", () => {});
-    this.connection.once("end", () => {
-      this.closed = true;
+    // nodemailer fails only the newest send when the session breaks: the one before it, written and waiting for
+    // its reply, is failed here with the same error
+    this.connection.on("error", (err: UpstreamError) => this.failInFlight(err));
+    this.ended = new Promise((resolve) => {
+      this.connection.once("end", () => {
+        this.closed = true;
+        this.sessionEnded = true;
+        this.failInFlight(connectionLost("Connection closed before the reply"));
+        resolve();
+      });
     });
   }
 
   get usable(): boolean {
     return !this.closed;
+  }
+
+  /** A message written on it waits for its reply. */
+  get awaitingReply(): boolean {
+    return this.inFlight.size > 0;
+  }
+
+  /** Called whenever a message's reply (or failure) leaves no message in flight. */
+  onIdle?: () => void;
+
+  /**
+   * Since when the connection has had nothing to do (ms, the local clock): its last reply, or Infinity while a
+   * message written on it still waits for its reply.
+   */
+  get idleSince(): number {
+    return this.awaitingReply ? Number.POSITIVE_INFINITY : this.lastReplyAt;
+  }
+
+  private failInFlight(err: UpstreamError): void {
+    for (const fail of [...this.inFlight]) fail(err);
   }
 
   /** Connects, upgrades to TLS as configured, and authenticates. */
@@ -100,21 +171,59 @@ export class UpstreamConnection {
     });
   }
 
-  /** Sends one message; recipients refused at RCPT are reported, not thrown (unless all are refused). */
-  async send(from: string, recipients: string[], body: Buffer): Promise<SendResult> {
-    // a transaction that ended in 250 leaves the session ready for the next MAIL FROM (RFC 5321 4.1.1.4):
+  /**
+   * Sends one message; recipients refused at RCPT are reported, not thrown (unless all are refused). See
+   * SendHooks for sending the next message on the connection before this one's reply.
+   */
+  async send(from: string, recipients: string[], body: Buffer, hooks: SendHooks = {}): Promise<SendResult> {
+    // a transaction that reached its end of data ends with the reply to it, whatever it is (RFC 5321 4.1.1.4):
     // RSET only after one that failed part-way (as nodemailer's own pool does)
     if (this.transactionOpen) {
       await new Promise<void>((resolve, reject) =>
         this.connection.reset((err) => (err ? reject(err) : resolve())),
       );
     }
+    if (this.closed) throw connectionLost("Connection closed before the message was sent");
+    // pipelined behind a message still waiting for its reply: should the session end before this one is
+    // written, that is the earlier message's doing
+    const behindAnother = this.inFlight.size > 0;
+    let written = false;
     this.messagesSent++;
     this.transactionOpen = true;
     return new Promise<SendResult>((resolve, reject) => {
-      this.connection.send({ from, to: recipients, size: body.length }, body, (err, info) => {
-        if (err) return reject(err);
-        this.transactionOpen = false;
+      const fail = (err: UpstreamError) => {
+        this.inFlight.delete(fail);
+        this.lastReplyAt = Date.now();
+        reject(
+          behindAnother && !written && err.code === "ECONNECTION"
+            ? Object.assign(connectionLost(`not sent: ${err.message}`), {
+                response: err.response,
+                behindAnother: true,
+              })
+            : err,
+        );
+        this.quitIfDone();
+      };
+      this.inFlight.add(fail);
+      const envelope = {
+        from,
+        to: recipients,
+        size: body.length,
+        // a connection closed meanwhile (condemned by the reply to the message before) takes no more messages
+        mayWrite: () => !this.closed && (hooks.mayWrite?.() ?? true),
+        // only a server that announced PIPELINING takes the next envelope before this message's reply
+        onWritten: (pipelining: boolean) => {
+          written = true;
+          this.transactionOpen = false;
+          if (pipelining) hooks.onWritten?.();
+        },
+      };
+      this.connection.send(envelope, body, (err, info) => {
+        if (!this.inFlight.has(fail)) return;
+        if (err) return fail(err);
+        this.inFlight.delete(fail);
+        this.lastReplyAt = Date.now();
+        this.quitIfDone();
         const rejectedErrors = (info.rejectedErrors ?? []) as UpstreamError[];
         resolve({
           accepted: info.accepted.map(String),
@@ -134,16 +243,28 @@ export class UpstreamConnection {
     });
   }
 
-  /** QUIT and close; never throws. */
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
+  /** Sends the QUIT asked for by close() once no message waits for its reply; tells onIdle. */
+  private quitIfDone(): void {
+    if (this.inFlight.size === 0) this.onIdle?.();
+    if (!this.quitAsked || this.quitting || this.inFlight.size > 0) return;
+    this.quitting = true;
     try {
       this.connection.quit();
     } catch {
       this.connection.close();
     }
     setTimeout(() => this.connection.close(), 1_000).unref();
+  }
+
+  /**
+   * QUIT and close, once the messages in flight have their replies (cutting one off would leave it unknown
+   * whether it was delivered); never throws. `ended` resolves when the session is gone.
+   */
+  close(): void {
+    this.closed = true;
+    if (this.sessionEnded || this.quitAsked) return;
+    this.quitAsked = true;
+    this.quitIfDone();
   }
 }
 

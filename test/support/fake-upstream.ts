@@ -46,6 +46,8 @@ export interface FakeUpstreamOptions {
   port?: number;
   /** Recipients per message; more get `452 4.5.3 Too many recipients`. Default 500 (Exchange's default). */
   maxRecipients?: number;
+  /** Announce PIPELINING in the EHLO reply, as Exchange Online does. Default true. */
+  pipelining?: boolean;
   /** Host name in the greeting and EHLO reply. Default "fake-upstream.outlook.test". */
   name?: string;
   /**
@@ -188,6 +190,7 @@ class FakeExchange implements FakeUpstream {
       maxRecipients: 500,
       smtpAuthDisabled: [],
       name: "fake-upstream.outlook.test",
+      pipelining: true,
       port: 0,
       keepBytes: Number.POSITIVE_INFINITY,
       ...withoutUndefined(options),
@@ -336,6 +339,7 @@ class FakeExchange implements FakeUpstream {
       disabledCommands: offerStartTls && !implicitTls ? [] : ["STARTTLS"],
       // Advertised, but the codes themselves are written by ExchangeLikeConnection / the fake.
       hideENHANCEDSTATUSCODES: false,
+      hidePIPELINING: !this.settings.pipelining,
       authMethods: ["PLAIN", "LOGIN", ...(oauth2 ? ["XOAUTH2"] : [])],
       allowInsecureAuth: this.settings.allowInsecureAuth,
       authRequiredMessage: EXCHANGE_REPLIES.authRequired.message,

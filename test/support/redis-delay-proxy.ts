@@ -1,5 +1,4 @@
-import { connect, createServer, type Server, type Socket } from "node:net";
-import { performance } from "node:perf_hooks";
+import { type ProxiedChunk, startTcpProxy } from "./tcp-proxy.js";
 
 export interface RedisDelayProxy {
   /** A redis:// URL that leads to the real Redis through the proxy. */
@@ -27,47 +26,25 @@ export async function startRedisDelayProxy(
   delayMs: number,
 ): Promise<RedisDelayProxy> {
   const target = new URL(redisUrl);
-  const sockets = new Set<Socket>();
   const sent: SentChunk[] = [];
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port || 6379), target.hostname);
-    sockets.add(client).add(upstream);
-    let seen = "";
-    let delayed = false;
-    client.on("data", (chunk: Buffer) => {
-      if (!delayed && seen.length < 4_096) {
-        seen += chunk.toString("latin1");
-        delayed = seen.includes(connectionName);
+  /** What each connection sent first (up to 4 KB), until it names itself; and the ones that did. */
+  const seen = new Map<number, string>();
+  const delayed = new Set<number>();
+  const proxy = await startTcpProxy(target.hostname, Number(target.port || 6379), {
+    onClientChunk: ({ connection, at, bytes }: ProxiedChunk) => {
+      const before = seen.get(connection) ?? "";
+      if (!delayed.has(connection) && before.length < 4_096) {
+        const text = before + bytes.toString("latin1");
+        seen.set(connection, text);
+        if (text.includes(connectionName)) delayed.add(connection);
       }
-      if (delayed) sent.push({ at: performance.now(), text: chunk.toString("latin1") });
-      upstream.write(chunk);
-    });
-    upstream.on("data", (chunk: Buffer) => {
-      if (!delayed) {
-        client.write(chunk);
-        return;
-      }
-      // equal delays fire in the order they were set: replies keep their order
-      setTimeout(() => client.writable && client.write(chunk), delayMs);
-    });
-    const close = () => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on("close", close).on("error", close);
-    upstream.on("close", close).on("error", close);
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const address = server.address();
-  const port = typeof address === "object" && address ? address.port : 0;
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    sent,
-    stop: async () => {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (delayed.has(connection)) sent.push({ at, text: bytes.toString("latin1") });
     },
-  };
+    // equal delays fire in the order they were set: replies keep their order
+    forwardServerChunk: ({ connection }, deliver) => {
+      if (delayed.has(connection)) setTimeout(deliver, delayMs);
+      else deliver();
+    },
+  });
+  return { url: `redis://127.0.0.1:${proxy.port}`, sent, stop: () => proxy.stop() };
 }

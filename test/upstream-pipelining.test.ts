@@ -1,0 +1,157 @@
+import { performance } from "node:perf_hooks";
+import { afterEach, describe, expect, it } from "vitest";
+import { startFakeUpstream } from "./support/fake-upstream.js";
+import type { Fault } from "./support/fault-script.js";
+import { type TestRelay, waitFor } from "./support/relay.js";
+import { buildMessage, submit } from "./support/smtp-client.js";
+import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
+import { useFakeUpstream } from "./support/upstream-fixture.js";
+
+/**
+ * A message's envelope goes out on its connection as soon as the message before it has been written, behind
+ * that one's end of data (RFC 2920 3.1), instead of after its reply: docs/limits.md, "One connection, many
+ * messages".
+ */
+
+const MAILBOX = "scanner@contoso.com";
+const fx = useFakeUpstream({ users: { [MAILBOX]: "pw1" } });
+const proxies: TcpProxy[] = [];
+afterEach(async () => {
+  await Promise.all(proxies.splice(0).map((p) => p.stop()));
+});
+
+/** One connection for the mailbox, so that every message goes over the same one. */
+function relay(upstream: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) {
+  return fx.relay({
+    mailboxes: { [MAILBOX]: { password: "pw1" } },
+    clients: [{ name: "printers", networks: ["127.0.0.2/32"], mailbox: MAILBOX, from: "keep" }],
+    defaults: { limits: { connections: 1, messagesPerMinute: 1_000 } },
+    upstream: { host: "127.0.0.1", port: fx.upstream.port, ca: fx.caFile, ...upstream },
+    ...extra,
+  });
+}
+
+/** Submits a message to `to`; returns the relay's queue id for it. */
+async function send(r: TestRelay, to: string): Promise<string> {
+  const result = await submit({
+    port: r.port,
+    localAddress: "127.0.0.2",
+    startTls: false,
+    from: "device@example.com",
+    to: [to],
+    raw: buildMessage({ from: "device@example.com", to: [to], subject: to }),
+  });
+  const id = /queued as (\w+)/.exec(result.response)?.[1];
+  if (!result.ok || !id) throw new Error(`not queued: ${result.response}`);
+  return id;
+}
+
+/**
+ * Sends "first@example.com" with `fault` scripted for its end of data (a held reply), and once the fake has read
+ * that end of data and holds the reply, "second@example.com": the second message's turn on the connection comes
+ * while the first waits for its reply. Returns when the reply began to be held, and the two queue ids.
+ */
+async function secondBehindFirst(r: TestRelay, fault: Fault) {
+  fx.upstream.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), ...fault });
+  const first = await send(r, "first@example.com");
+  // the fault is taken when the fake reads the end of DATA, before its delay
+  await waitFor(() => fx.upstream.faultsLeft === 0, 20_000, "first message's end of data read");
+  const heldSince = performance.now();
+  const second = await send(r, "second@example.com");
+  return { heldSince, first, second };
+}
+
+/** The attempt the message was delivered at, once its "delivered" line is logged. */
+async function deliveredAttempt(r: TestRelay, id: string): Promise<unknown> {
+  const line = () => r.logs.find((l) => l.event === "delivered" && l.id === id);
+  await waitFor(() => line() !== undefined, 20_000, `${id} delivered`);
+  return line()?.attempt;
+}
+
+describe("the next message on a connection", () => {
+  it("has its envelope sent while the message before it waits for its reply, and both are delivered once", async () => {
+    const tap = await startTcpProxy("127.0.0.1", fx.upstream.port);
+    proxies.push(tap);
+    const r = await relay({ port: tap.port });
+    const { heldSince } = await secondBehindFirst(r, { delayMs: 1_500 });
+    const messages = await fx.upstream.waitForMessages(2, 20_000);
+    const [first, second] = messages;
+    expect(first?.rcptTo).toEqual(["first@example.com"]);
+    expect(second?.rcptTo).toEqual(["second@example.com"]);
+    expect(second?.connectionId).toBe(first?.connectionId);
+    // while the fake held the first message's reply, the relay wrote on that connection (the second message's
+    // envelope, encrypted): a relay that waits for a reply before the next message writes nothing then
+    const repliedAt = first?.timing.replied ?? 0;
+    const written = tap.chunks.filter((c) => c.from === "client" && c.at > heldSince && c.at < repliedAt);
+    expect(written.length).toBeGreaterThan(0);
+    expect(new Set(written.map((c) => c.connection)).size).toBe(1);
+    // the fake still answered them in order: the second's MAIL FROM was read after the first's reply
+    expect(second?.timing.mailFrom ?? 0).toBeGreaterThan(repliedAt);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(fx.upstream.messages).toHaveLength(2);
+  });
+
+  it("waits for the reply before the next message when the upstream does not announce PIPELINING", async () => {
+    const plain = await startFakeUpstream({
+      tls: await fx.pki.issue(["127.0.0.1"]),
+      users: { [MAILBOX]: "pw1" },
+      pipelining: false,
+    });
+    const tap = await startTcpProxy("127.0.0.1", plain.port);
+    proxies.push(tap);
+    try {
+      const r = await relay({ port: tap.port });
+      plain.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), delayMs: 1_500 });
+      await send(r, "first@example.com");
+      await waitFor(() => plain.faultsLeft === 0, 20_000, "first message's end of data read");
+      const heldSince = performance.now();
+      await send(r, "second@example.com");
+      const [first, second] = await plain.waitForMessages(2, 20_000);
+      expect(second?.connectionId).toBe(first?.connectionId);
+      const repliedAt = first?.timing.replied ?? 0;
+      expect(tap.chunks.filter((c) => c.from === "client" && c.at > heldSince && c.at < repliedAt)).toEqual(
+        [],
+      );
+    } finally {
+      await plain.stop();
+    }
+  });
+
+  it("waits for a connection being closed (its message limit reached) to end before another takes its slot", async () => {
+    // one message per connection: the first one's connection closes once its reply is in (2 s later), with a
+    // QUIT that then follows it; the slot is given back after that, so the second message's connection never
+    // overlaps it. A QUIT cut short would lose the first reply (and send the message again)
+    const r = await relay({ maxMessagesPerConnection: 1 });
+    const { first } = await secondBehindFirst(r, { delayMs: 2_000 });
+    const messages = await fx.upstream.waitForMessages(2, 20_000);
+    expect(messages.map((m) => m.rcptTo[0])).toEqual(["first@example.com", "second@example.com"]);
+    expect(messages[1]?.connectionId).not.toBe(messages[0]?.connectionId);
+    expect(fx.upstream.maxConcurrent(MAILBOX)).toBe(1);
+    expect(await deliveredAttempt(r, first)).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(fx.upstream.messages).toHaveLength(2);
+  });
+
+  it.each([
+    ["dropped", { drop: true }],
+    [
+      "closed with 421",
+      { reply: { code: 421, message: "4.3.2 Service not available, closing transmission channel" } },
+    ],
+  ] as [string, Fault][])(
+    "is sent on a new connection without spending an attempt when the session is %s at the reply to the one before",
+    async (_, fault) => {
+      const r = await relay({}, { retry: { firstDelay: 500 } });
+      const { first, second } = await secondBehindFirst(r, { delayMs: 1_000, ...fault });
+      // the second message was never written on the failed connection: not its failure
+      expect(await deliveredAttempt(r, second)).toBe(1);
+      // the first is retried as the reply table says, and arrives once (the fake did not take it the first time)
+      expect(await deliveredAttempt(r, first)).toBe(2);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(fx.upstream.messages.map((m) => m.rcptTo[0]).sort()).toEqual([
+        "first@example.com",
+        "second@example.com",
+      ]);
+    },
+  );
+});
