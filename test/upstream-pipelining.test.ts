@@ -91,16 +91,19 @@ describe("the next message on a connection", () => {
     expect(fx.upstream.messages).toHaveLength(2);
   });
 
-  it("waits for the reply before the next message when the upstream does not announce PIPELINING", async () => {
+  it.each([
+    ["the upstream does not announce PIPELINING", false, {}],
+    ["upstream.pipelining is false", true, { pipelining: false }],
+  ] as const)("waits for the reply before the next message when %s", async (_, announced, upstream) => {
     const plain = await startFakeUpstream({
       tls: await fx.pki.issue(["127.0.0.1"]),
       users: { [MAILBOX]: "pw1" },
-      pipelining: false,
+      pipelining: announced,
     });
     const tap = await startTcpProxy("127.0.0.1", plain.port);
     proxies.push(tap);
     try {
-      const r = await relay({ port: tap.port });
+      const r = await relay({ port: tap.port, ...upstream });
       plain.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), delayMs: 1_500 });
       await send(r, "first@example.com");
       await waitFor(() => plain.faultsLeft === 0, 20_000, "first message's end of data read");

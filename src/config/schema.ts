@@ -236,6 +236,13 @@ const upstreamObjectSchema = z
       // an AUTH, which at 100 cost 1.5-2.5 points of the connection-cap ceiling (docs/performance.md)
       .default(1_000)
       .describe("close a connection and open a new one after this many messages"),
+    pipelining: z
+      .boolean()
+      .default(true)
+      // RFC 2920 3.1; a server that announces PIPELINING must take it. false for one that does not get it right
+      .describe(
+        "when the upstream announces PIPELINING, send a message's envelope right behind the end of data of the one before, without waiting for its reply (docs/limits.md)",
+      ),
   })
   .strict();
 

@@ -38,7 +38,7 @@ export interface UpstreamError extends Error {
 export interface SendHooks {
   /**
    * The message, its end of data included, has been written, and the upstream announced PIPELINING (without
-   * it, a client must wait for each reply: not called).
+   * it, a client must wait for each reply: not called; nor with `upstream.pipelining: false`).
    */
   onWritten?: () => void;
   /**
@@ -92,12 +92,16 @@ export class UpstreamConnection {
   readonly openedAt = Date.now();
   private lastReplyAt = this.openedAt;
 
+  /** upstream.pipelining: the next message may go out behind this one's end of data. */
+  private readonly pipelining: boolean;
+
   constructor(
     upstream: UpstreamConfig,
     tls: UpstreamTlsOptions,
     private readonly credentials: UpstreamLogin,
     clientName: string,
   ) {
+    this.pipelining = upstream.pipelining;
     this.connection = new SMTPConnection({
       host: upstream.host,
       port: upstream.port,
@@ -212,10 +216,10 @@ export class UpstreamConnection {
         // a connection closed meanwhile (condemned by the reply to the message before) takes no more messages
         mayWrite: () => !this.closed && (hooks.mayWrite?.() ?? true),
         // only a server that announced PIPELINING takes the next envelope before this message's reply
-        onWritten: (pipelining: boolean) => {
+        onWritten: (announced: boolean) => {
           written = true;
           this.transactionOpen = false;
-          if (pipelining) hooks.onWritten?.();
+          if (announced && this.pipelining) hooks.onWritten?.();
         },
       };
       this.connection.send(envelope, body, (err, info) => {
