@@ -685,7 +685,8 @@ export class MailboxDispatcher implements DeliveryLane {
   }
 
   /**
-   * A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits. While
+   * A connection; bulk mail may not bring the mailbox's last one into use while interactive mail waits, and never
+   * goes behind another message's reply (it would be committed ahead of interactive mail that comes later). While
    * other processes hold the mailbox's other slots, a job that this process's connections cannot serve soon
    * gives up at once (NoConnectionSlot.givenUp) and goes back to the queue for them.
    */
