@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { afterEach, describe, expect, it } from "vitest";
-import { startFakeUpstream } from "./support/fake-upstream.js";
+import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import type { Fault } from "./support/fault-script.js";
 import { type TestRelay, waitFor } from "./support/relay.js";
 import { buildMessage, submit } from "./support/smtp-client.js";
@@ -51,15 +51,19 @@ async function send(r: TestRelay, to: string): Promise<string> {
  * that end of data and holds the reply, "second@example.com": the second message's turn on the connection comes
  * while the first waits for its reply. Returns when the reply began to be held, and the two queue ids.
  */
-async function secondBehindFirst(r: TestRelay, fault: Fault) {
-  fx.upstream.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), ...fault });
+async function secondBehindFirst(r: TestRelay, fault: Fault, upstream: FakeUpstream = fx.upstream) {
+  upstream.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), ...fault });
   const first = await send(r, "first@example.com");
   // the fault is taken when the fake reads the end of DATA, before its delay
-  await waitFor(() => fx.upstream.faultsLeft === 0, 20_000, "first message's end of data read");
+  await waitFor(() => upstream.faultsLeft === 0, 20_000, "first message's end of data read");
   const heldSince = performance.now();
   const second = await send(r, "second@example.com");
   return { heldSince, first, second };
 }
+
+/** What the relay wrote through `tap` between `since` and `until` (performance.now()). */
+const writtenBetween = (tap: TcpProxy, since: number, until: number) =>
+  tap.chunks.filter((c) => c.from === "client" && c.at > since && c.at < until);
 
 /** The attempt the message was delivered at, once its "delivered" line is logged. */
 async function deliveredAttempt(r: TestRelay, id: string): Promise<unknown> {
@@ -83,7 +87,7 @@ describe("the next message on a connection", () => {
     // while the fake held the first message's reply, the relay wrote on that connection (the second message's
     // envelope, encrypted): a relay that waits for a reply before the next message writes nothing then
     const repliedAt = first?.timing.replied ?? 0;
-    const written = tap.chunks.filter((c) => c.from === "client" && c.at > heldSince && c.at < repliedAt);
+    const written = writtenBetween(tap, heldSince, repliedAt);
     // what the relay did, should this fail: the traffic and its log from the hold on (ms after it)
     const since = (at: number) => Math.round(at - heldSince);
     const story = JSON.stringify({
@@ -116,17 +120,11 @@ describe("the next message on a connection", () => {
     proxies.push(tap);
     try {
       const r = await relay({ port: tap.port, ...upstream });
-      plain.script({ match: (tx) => tx.rcptTo.includes("first@example.com"), delayMs: 1_500 });
-      await send(r, "first@example.com");
-      await waitFor(() => plain.faultsLeft === 0, 20_000, "first message's end of data read");
-      const heldSince = performance.now();
-      await send(r, "second@example.com");
+      const { heldSince } = await secondBehindFirst(r, { delayMs: 1_500 }, plain);
       const [first, second] = await plain.waitForMessages(2, 20_000);
       expect(second?.connectionId).toBe(first?.connectionId);
       const repliedAt = first?.timing.replied ?? 0;
-      expect(tap.chunks.filter((c) => c.from === "client" && c.at > heldSince && c.at < repliedAt)).toEqual(
-        [],
-      );
+      expect(writtenBetween(tap, heldSince, repliedAt)).toEqual([]);
     } finally {
       await plain.stop();
     }

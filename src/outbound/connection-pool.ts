@@ -284,6 +284,8 @@ export class ConnectionPool {
 
   /** Wakes every waiter: each checks again whether it may take a connection (lanes differ). */
   private wakeAll(): void {
+    // (called at every reply of a connection: most of the time nobody waits)
+    if (this.waiters.length === 0) return;
     for (const waiter of [...this.waiters]) waiter();
   }
 

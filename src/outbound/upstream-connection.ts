@@ -81,9 +81,8 @@ export class UpstreamConnection {
   private transactionOpen = false;
   /** Sends waiting for a reply, each with how to fail it should the session end first. */
   private readonly inFlight = new Set<(err: UpstreamError) => void>();
-  /** close() was called: QUIT once the messages in flight have their replies. */
-  private quitAsked = false;
-  private quitting = false;
+  /** QUIT: asked for by close(), sent once the messages in flight have their replies. */
+  private quit: "none" | "asked" | "sent" = "none";
   /** The server or the network ended the session. */
   private sessionEnded = false;
   /** Resolves once the session has ended (the socket is gone). */
@@ -196,8 +195,7 @@ export class UpstreamConnection {
     this.transactionOpen = true;
     return new Promise<SendResult>((resolve, reject) => {
       const fail = (err: UpstreamError) => {
-        this.inFlight.delete(fail);
-        this.lastReplyAt = Date.now();
+        this.settled(fail);
         reject(
           behindAnother && !written && err.code === "ECONNECTION"
             ? Object.assign(connectionLost(`not sent: ${err.message}`), {
@@ -206,7 +204,6 @@ export class UpstreamConnection {
               })
             : err,
         );
-        this.quitIfDone();
       };
       this.inFlight.add(fail);
       const envelope = {
@@ -225,9 +222,7 @@ export class UpstreamConnection {
       this.connection.send(envelope, body, (err, info) => {
         if (!this.inFlight.has(fail)) return;
         if (err) return fail(err);
-        this.inFlight.delete(fail);
-        this.lastReplyAt = Date.now();
-        this.quitIfDone();
+        this.settled(fail);
         const rejectedErrors = (info.rejectedErrors ?? []) as UpstreamError[];
         resolve({
           accepted: info.accepted.map(String),
@@ -247,11 +242,18 @@ export class UpstreamConnection {
     });
   }
 
-  /** Sends the QUIT asked for by close() once no message waits for its reply; tells onIdle. */
-  private quitIfDone(): void {
-    if (this.inFlight.size === 0) this.onIdle?.();
-    if (!this.quitAsked || this.quitting || this.inFlight.size > 0) return;
-    this.quitting = true;
+  /** A send has its reply (or its failure): with none left in flight, tells onIdle and sends a QUIT asked for. */
+  private settled(send: (err: UpstreamError) => void): void {
+    this.inFlight.delete(send);
+    this.lastReplyAt = Date.now();
+    if (this.inFlight.size > 0) return;
+    this.onIdle?.();
+    this.quitIfAsked();
+  }
+
+  private quitIfAsked(): void {
+    if (this.quit !== "asked" || this.inFlight.size > 0) return;
+    this.quit = "sent";
     try {
       this.connection.quit();
     } catch {
@@ -266,9 +268,9 @@ export class UpstreamConnection {
    */
   close(): void {
     this.closed = true;
-    if (this.sessionEnded || this.quitAsked) return;
-    this.quitAsked = true;
-    this.quitIfDone();
+    if (this.sessionEnded || this.quit !== "none") return;
+    this.quit = "asked";
+    this.quitIfAsked();
   }
 }
 
