@@ -333,6 +333,16 @@ async function sampleCpu(
   };
 }
 
+/**
+ * Cores that delivery at the target share of the ceiling would take if each message cost what it cost in the
+ * run (every process of the run together). More than the machine has: the target cannot be reached on it at
+ * that cost per message, whatever the scheduling. A rough bound: the cost per message falls a little as load
+ * rises (more work per wake-up).
+ */
+function coresAtTarget(cpuMsPerMessage: number, ceilingPerSecond: number): number {
+  return round((cpuMsPerMessage * TARGETS.deliveryShareOfCeiling * ceilingPerSecond) / 1000, 2);
+}
+
 /** Lines of a relay log by pino "event" field and level. */
 function scanLog(file: string): { events: Record<string, number>; warnings: number; errors: number } {
   const events: Record<string, number> = {};
@@ -406,6 +416,10 @@ interface BareClientResult {
   count432: number;
   /** The client processes' CPU per message, all together (compare perMessage.relayCpuMs). */
   clientCpuMsPerMessage: number;
+  /** The benchmark process's CPU per message: the fake upstream's TLS and SMTP. */
+  upstreamCpuMsPerMessage: number;
+  /** Cores the run's CPU per message (clients and upstream) would take at the target share (coresAtTarget). */
+  coresAtTarget: number;
   turnaroundSplitMs: TurnaroundSplit;
 }
 
@@ -618,6 +632,7 @@ async function bareClientRun(env: DeliveryEnv, run: number, spec: DeliverySpec):
       workers.push(await startWorker(BARE_CLIENT_WORKER, [planFile], join(env.dir, `bare-d${run}-${i}.log`)));
     }
     const before = await Promise.all(workers.map((w) => w.stats()));
+    const benchBefore = process.cpuUsage();
     const startedAt = Date.now();
     await Promise.all(
       workers.map(
@@ -633,6 +648,7 @@ async function bareClientRun(env: DeliveryEnv, run: number, spec: DeliverySpec):
     );
     const seconds = (Date.now() - startedAt) / 1000;
     const after = await Promise.all(workers.map((w) => w.stats()));
+    const bench = process.cpuUsage(benchBefore);
     const messages = [...env.upstream.messages];
     const { perMailbox } = perMailboxRates(messages, mailboxes, startedAt);
     const cpuMs = after.reduce((sum, a, i) => sum + a.cpuMs - (before[i] as ProcessStats).cpuMs, 0);
@@ -645,6 +661,11 @@ async function bareClientRun(env: DeliveryEnv, run: number, spec: DeliverySpec):
       messagesPerConnection: round(messages.length / env.upstream.connectionCount()),
       count432: mailboxes.reduce((sum, m) => sum + env.upstream.count432(m), 0),
       clientCpuMsPerMessage: round(cpuMs / messages.length, 2),
+      upstreamCpuMsPerMessage: round((bench.user + bench.system) / 1000 / messages.length, 2),
+      coresAtTarget: coresAtTarget(
+        (cpuMs + (bench.user + bench.system) / 1000) / messages.length,
+        spec.mailboxes * CEILING_PER_MAILBOX,
+      ),
       turnaroundSplitMs: turnaroundSplit(messages),
     };
     log(
@@ -711,8 +732,13 @@ interface DeliveryResult {
     loopDelayMs: ProcessStats["loopDelayMs"];
   }[];
   redisCpuPercent: number;
-  /** Per delivered message: the relays' CPU (all processes together, ms) and the commands Redis ran. */
-  perMessage: { relayCpuMs: number; redisCommands: number };
+  /**
+   * Per delivered message: the relays' CPU (all processes together, ms), Redis's and the benchmark process's
+   * (the fake upstream), and the commands Redis ran.
+   */
+  perMessage: { relayCpuMs: number; redisCpuMs: number; upstreamCpuMs: number; redisCommands: number };
+  /** Cores the run's CPU per message (relays, Redis, upstream) would take at the target share (coresAtTarget). */
+  coresAtTarget: number;
   redis: RedisProbe;
   /** The benchmark process itself (fake upstream's TLS and SMTP), % of one core. */
   benchCpuPercent: number;
@@ -900,6 +926,12 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
     }
 
     const ceiling = spec.mailboxes * CEILING_PER_MAILBOX;
+    const relaysCpuMs = after.relays.reduce(
+      (sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs,
+      0,
+    );
+    const redisCpuMs = after.redisMs - before.redisMs;
+    const benchCpuMs = after.benchMs - before.benchMs;
     const result: DeliveryResult = {
       relays: spec.relays,
       mailboxes: spec.mailboxes,
@@ -934,23 +966,18 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
           loopDelayMs: b.loopDelayMs,
         };
       }),
-      redisCpuPercent: pct(after.redisMs - before.redisMs, wallMs),
+      redisCpuPercent: pct(redisCpuMs, wallMs),
       perMessage: {
-        relayCpuMs: round(
-          after.relays.reduce((sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs, 0) /
-            messages.length,
-          2,
-        ),
+        relayCpuMs: round(relaysCpuMs / messages.length, 2),
+        redisCpuMs: round(redisCpuMs / messages.length, 2),
+        upstreamCpuMs: round(benchCpuMs / messages.length, 2),
         redisCommands: round(redisCommands / messages.length, 1),
       },
+      coresAtTarget: coresAtTarget((relaysCpuMs + redisCpuMs + benchCpuMs) / messages.length, ceiling),
       redis: redisProbe,
-      benchCpuPercent: pct(after.benchMs - before.benchMs, wallMs),
+      benchCpuPercent: pct(benchCpuMs, wallMs),
       otherCpuPercent: pct(
-        after.machineMs -
-          before.machineMs -
-          (after.redisMs - before.redisMs) -
-          (after.benchMs - before.benchMs) -
-          after.relays.reduce((sum, r, i) => sum + r.cpuMs - (before.relays[i] as ProcessStats).cpuMs, 0),
+        after.machineMs - before.machineMs - redisCpuMs - benchCpuMs - relaysCpuMs,
         wallMs,
       ),
       redisConnectedClients: redisClients,
@@ -1248,6 +1275,8 @@ function formatReport(report: {
         "msg/conn",
         "432s",
         "client CPU ms/msg",
+        "upstream CPU ms/msg",
+        `cores at ${pct(TARGETS.deliveryShareOfCeiling, 1)} %`,
         ...SLOT_HEADERS,
         ...SPLIT_HEADERS,
       ],
@@ -1258,6 +1287,8 @@ function formatReport(report: {
         b.messagesPerConnection,
         b.count432,
         b.clientCpuMsPerMessage,
+        b.upstreamCpuMsPerMessage,
+        b.coresAtTarget,
         ...slotCells(b.perMailbox),
         ...splitCells(b.turnaroundSplitMs),
       ]),
@@ -1279,6 +1310,8 @@ function formatReport(report: {
         "redis CPU %",
         "upstream+bench CPU %",
         "others' CPU %",
+        "CPU ms/msg relay + redis + upstream",
+        `cores at ${pct(TARGETS.deliveryShareOfCeiling, 1)} %`,
         "slowest fsync ms",
       ],
       delivery.map((d) => [
@@ -1295,6 +1328,8 @@ function formatReport(report: {
         d.redisCpuPercent,
         d.benchCpuPercent,
         d.otherCpuPercent,
+        `${d.perMessage.relayCpuMs} + ${d.perMessage.redisCpuMs} + ${d.perMessage.upstreamCpuMs}`,
+        d.coresAtTarget,
         d.redis.fsyncMaxMs,
       ]),
     ),
@@ -1339,6 +1374,7 @@ function formatReport(report: {
     ...ingest.filter((r) => r.error).map((r) => `  ${r.server} / ${r.client}: FAILED: ${r.error}`),
     "  redis: redis-server 7, appendonly yes, appendfsync always; over TCP on loopback, or the embedded one (unix socket)",
     "  latency: raw client = end of DATA to the reply; nodemailer client = MAIL FROM to the reply (whole transaction)",
+    `  cores at ${pct(TARGETS.deliveryShareOfCeiling, 1)} %: the CPU the run's processes spent per message (relays or clients, Redis, the fake upstream), times ${pct(TARGETS.deliveryShareOfCeiling, 1)} % of the ceiling; this machine has ${machine.cpus}`,
     "",
     ...(large ? formatLarge(large) : []),
     ...(mailboxes500 ? formatMailboxes500(mailboxes500) : []),
