@@ -47,13 +47,20 @@ export interface Relay {
   stop(): Promise<void>;
 }
 
-const JOB_OPTIONS: JobsOptions = {
-  // retry.maxAge ends the retries, not a count
-  attempts: 1_000_000,
-  backoff: { type: "sluice" },
-  removeOnComplete: { age: 24 * 3600, count: 10_000 },
-  removeOnFail: false,
-};
+/** BullMQ options of every queued message. A job's options are set when it is queued: later ones get new settings. */
+function jobOptions(keep: Config["keepDelivered"]): JobsOptions {
+  return {
+    // retry.maxAge ends the retries, not a count
+    attempts: 1_000_000,
+    backoff: { type: "sluice" },
+    // a delivered message's job (its recipients and replies, not its body) stays listed for a while; BullMQ
+    // counts its age in seconds
+    removeOnComplete:
+      keep.maxCount === 0 ? true : { age: Math.ceil(keep.maxAge / 1_000), count: keep.maxCount },
+    // failed mail stays until an operator retries or purges it (docs/operations.md)
+    removeOnFail: false,
+  };
+}
 
 async function waitReady(redis: Redis, timeoutMs: number): Promise<void> {
   if (redis.status === "ready") return;
@@ -107,7 +114,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
     if (config.redis) await checkRedisDurability(ingest, logger);
 
     const minReplicas = config.replication.minReplicas ?? (target && "sentinels" in target ? 1 : 0);
-    const spool = new Spool(ingest, config.redisPrefix, JOB_OPTIONS, {
+    const spool = new Spool(ingest, config.redisPrefix, jobOptions(config.keepDelivered), {
       minReplicas,
       timeoutMs: config.replication.timeoutMs,
     });

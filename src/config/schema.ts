@@ -487,6 +487,26 @@ export const configObjectSchema = z
       .default(upstreamSchema.parse(DEFAULT_UPSTREAM_PRESET))
       .describe("where mail is delivered: a preset name or { host, port, tls, ca, ... }"),
     retry: retrySchema.default(retrySchema.parse({})).describe("when failed deliveries are tried again"),
+    keepDelivered: z
+      .object({
+        maxAge: z
+          .number()
+          .int()
+          .min(1_000)
+          .default(24 * 3600_000)
+          .describe("how long a delivered message stays listed (ms, rounded up to whole seconds)"),
+        maxCount: z
+          .number()
+          .int()
+          .min(0)
+          .default(10_000)
+          .describe("most delivered messages listed per mailbox; 0: none are kept"),
+      })
+      .strict()
+      .default({ maxAge: 24 * 3600_000, maxCount: 10_000 })
+      .describe(
+        "delivered messages kept in Redis for `sluice queue ls --state delivered` and the dashboard, about 2-3 KB each (the body is never kept)",
+      ),
     authThrottle: z
       .object({
         maxFailures: z
