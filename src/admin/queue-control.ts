@@ -21,7 +21,7 @@ export interface QueueControlOptions {
 
 /**
  * The states a person asks about; BullMQ's waiting and prioritized are both "queued". "delivered" lists
- * recently delivered messages (kept for 24 hours), newest first.
+ * recently delivered messages (kept as `keepDelivered` says: 24 hours by default), newest first.
  */
 export type MessageState = "queued" | "delayed" | "active" | "failed" | "delivered";
 export const MESSAGE_STATES: readonly MessageState[] = ["queued", "delayed", "active", "failed", "delivered"];
