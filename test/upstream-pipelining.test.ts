@@ -1,5 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { afterEach, describe, expect, it } from "vitest";
+import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import type { Fault } from "./support/fault-script.js";
 import { type TestRelay, waitFor } from "./support/relay.js";
@@ -70,6 +71,18 @@ async function deliveredAttempt(r: TestRelay, id: string): Promise<unknown> {
   const line = () => r.logs.find((l) => l.event === "delivered" && l.id === id);
   await waitFor(() => line() !== undefined, 20_000, `${id} delivered`);
   return line()?.attempt;
+}
+
+/** The first message's reply held 1 s, then Exchange's answer to a mailbox whose daily quota is spent. */
+const QUOTA = { delayMs: 1_000, reply: EXCHANGE_REPLIES.submissionQuotaExceeded } satisfies Fault;
+
+/** Both messages are held, the mailbox parked once and nothing failed, and a second later still so. */
+async function bothHeldWhileParked(r: TestRelay): Promise<void> {
+  const queue = r.spool.queue(MAILBOX);
+  await waitFor(async () => (await queue.getDelayedCount()) === 2, 20_000, "both messages held");
+  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  expect(r.logs.filter((l) => l.event === "paused")).toHaveLength(1);
+  expect(await queue.getFailedCount()).toBe(0);
 }
 
 describe("the next message on a connection", () => {
@@ -167,4 +180,43 @@ describe("the next message on a connection", () => {
       ]);
     },
   );
+
+  it("is not written when the reply to the one before parks the mailbox (554 5.2.0, daily quota spent)", async () => {
+    const r = await relay();
+    const { reply } = QUOTA;
+    await secondBehindFirst(r, QUOTA);
+    // the same reply for the second, should its data be sent: Office 365 answers every message of a mailbox
+    // whose quota is spent that way
+    fx.upstream.script({ match: (tx) => tx.rcptTo.includes("second@example.com"), reply });
+    await bothHeldWhileParked(r);
+    expect(fx.upstream.faultsLeft).toBe(1);
+  });
+
+  it("waiting for the connection instead (no pipelining), is not sent either when that reply parks the mailbox", async () => {
+    const r = await relay({ pipelining: false });
+    await secondBehindFirst(r, QUOTA);
+    // a marker, no fault: taken by the next MAIL FROM the fake reads, should the second message start
+    fx.upstream.script({ at: "mail" });
+    await bothHeldWhileParked(r);
+    // the second took the connection after the first's reply and gave it back unused
+    expect(fx.upstream.faultsLeft).toBe(1);
+  });
+
+  it("is not written on a connection the reply to the one before condemns (432 4.3.2), and goes out on another", async () => {
+    const r = await relay({}, { retry: { firstDelay: 500 } });
+    const reply = EXCHANGE_REPLIES.concurrentConnections;
+    const rejects: string[] = [];
+    const onReject = (event: { connectionId: string }) => rejects.push(event.connectionId);
+    fx.upstream.events.on("reject", onReject);
+    try {
+      const { second } = await secondBehindFirst(r, { delayMs: 1_000, reply });
+      // the same reply for the second, should its data be sent on that connection (over the limit, every message)
+      fx.upstream.script({ match: (tx) => tx.rcptTo.includes("second@example.com"), reply });
+      // it is delivered in the end, once the cool-down allows another connection, at its first attempt
+      expect(await deliveredAttempt(r, second)).toBe(1);
+      expect(rejects.filter((connection) => connection === rejects[0])).toHaveLength(1);
+    } finally {
+      fx.upstream.events.off("reject", onReject);
+    }
+  });
 });

@@ -56,6 +56,14 @@ class LockLost extends Error {
   }
 }
 
+/** A reply to an earlier message stopped the mailbox while this one waited for a connection (see stoppedAt). */
+class MailboxStopped extends Error {
+  constructor() {
+    super("the mailbox was stopped by the reply to an earlier message");
+    this.name = "MailboxStopped";
+  }
+}
+
 /** Recipients the upstream deferred (4xx at RCPT): the message is retried for them only. */
 class RecipientsDeferred extends Error {
   constructor(readonly replies: string[]) {
@@ -146,6 +154,12 @@ export class MailboxDispatcher implements DeliveryLane {
    * waits for a connection (that one would send).
    */
   private readonly inProgress = new Map<string, { runs: number; lockLostAt: number }>();
+  /**
+   * When a reply last stopped the whole mailbox (its quota spent upstream, its authentication refused; 0: never).
+   * A message whose delivery started before then is not sent: Exchange would answer it the same way, and it
+   * blocks a mailbox that keeps repeating an error. It waits for the mailbox's pause instead.
+   */
+  private stoppedAt = 0;
   /** Turns in progress (close() waits for them). */
   private readonly turns = new Set<Promise<unknown>>();
   private closing = false;
@@ -482,6 +496,7 @@ export class MailboxDispatcher implements DeliveryLane {
         // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
         // meanwhile is another worker's to send
         if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
+        if (this.stoppedSince(startedAt)) throw new MailboxStopped();
         const sending = connection;
         // the connection goes back as soon as the message is written: the next message's envelope follows at
         // once (PIPELINING) and is answered right after this message's reply, without a round trip of its own.
@@ -494,7 +509,14 @@ export class MailboxDispatcher implements DeliveryLane {
           },
           // asked again when the upstream takes the data, which for a message pipelined behind another is that
           // one's reply time later
-          mayWrite: () => !this.lostLock(job, startedAt),
+          mayWrite: () => !this.lostLock(job, startedAt) && !this.stoppedSince(startedAt),
+          // a reply that stops the mailbox or condemns the connection stops a message already sent behind this
+          // one too, before its data: its 354 is handled in the same turn as this reply
+          onFailed: (err) => {
+            const { action } = this.verdictOf(err);
+            if (action === "park-quota" || action === "pause-auth") this.stoppedAt = Date.now();
+            if (action === "reduce-connections" || action === "pause-auth") sending.close();
+          },
         });
         healthy = true;
         // an upstream without PIPELINING: the connection goes back now, before the bookkeeping below
@@ -573,9 +595,15 @@ export class MailboxDispatcher implements DeliveryLane {
           throw err;
         }
         const notSent = err as UpstreamError;
-        if (notSent.code === "EWITHDRAWN") {
-          // the connection was dropped before a byte of the message was written
+        if (err instanceof MailboxStopped || notSent.code === "EWITHDRAWN") {
+          // nothing of the message was written (a withdrawn one: the connection was dropped before its data)
+          healthy = err instanceof MailboxStopped;
           if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
+          if (this.stoppedSince(startedAt)) {
+            // a moment for the reply's pause to reach Redis: the message then waits for it there
+            this.logger.debug(log(), "the reply to an earlier message stopped the mailbox: message waits");
+            return this.hold(job, token, jitter(1_000));
+          }
           this.logger.debug(log(), "connection closed before the message's turn: message waits");
           return this.hold(job, token, 0);
         }
@@ -611,7 +639,7 @@ export class MailboxDispatcher implements DeliveryLane {
           return this.onFailure(job, token, batch.length, refused, log());
         }
         const upstreamError = err as UpstreamError;
-        const verdict = this.options.credentials.explain(classifyReply(upstreamError));
+        const verdict = this.verdictOf(upstreamError);
         // reuse a connection only after a reply about this message; 421 and 432 condemn the connection itself
         healthy =
           upstreamError.responseCode !== undefined &&
@@ -657,6 +685,16 @@ export class MailboxDispatcher implements DeliveryLane {
       job.data.refused.length ? "message delivered; some recipients refused" : "message delivered",
     );
     return last;
+  }
+
+  /** What the reply table says of an upstream failure, with the credentials' explanation of an auth verdict. */
+  private verdictOf(err: UpstreamError): Classification {
+    return this.options.credentials.explain(classifyReply(err));
+  }
+
+  /** A reply stopped the mailbox since `startedAt` (see stoppedAt). */
+  private stoppedSince(startedAt: number): boolean {
+    return this.stoppedAt >= startedAt;
   }
 
   /**

@@ -47,6 +47,12 @@ export interface SendHooks {
    * dropped (the only way to end DATA without delivering) and send() fails with code EWITHDRAWN.
    */
   mayWrite?: () => boolean;
+  /**
+   * The message failed (a reply, or the session's end), called at once, before send() rejects: a message sent
+   * behind this one has its 354 handled in the same turn of the event loop, and its mayWrite must already know
+   * what this reply means (a mailbox whose quota is spent, a connection over the limit).
+   */
+  onFailed?: (err: UpstreamError) => void;
 }
 
 export type UpstreamTlsOptions = ReturnType<typeof upstreamTlsOptions>;
@@ -196,6 +202,7 @@ export class UpstreamConnection {
     return new Promise<SendResult>((resolve, reject) => {
       const fail = (err: UpstreamError) => {
         this.settled(fail);
+        hooks.onFailed?.(err);
         reject(
           behindAnother && !written && err.code === "ECONNECTION"
             ? Object.assign(connectionLost(`not sent: ${err.message}`), {
