@@ -12,9 +12,10 @@ import { EXCHANGE_REPLIES, hasEnhancedCode } from "./exchange-replies.js";
  *   ("235 2.7.0 Authentication successful", "250 2.1.0 Sender OK", "421 4.4.2 Timeout ...");
  *   replies whose text already starts with one (all of the fake's own) are left as they are;
  * - QUIT is reported to `hooks.onQuit` before the 221, so a connection stops counting against the
- *   per-mailbox limit the moment the client says goodbye, not when the TCP close arrives later.
+ *   per-mailbox limit the moment the client says goodbye, not when the TCP close arrives later;
+ * - the greeting goes out at once (smtp-server waits 100 ms for clients that talk too early).
  * Relies on smtp-server's SMTPConnection class (public in its type declarations): handler_AUTH,
- * handler_QUIT, send.
+ * handler_QUIT, send, init, _setListeners, connectionReady.
  */
 export interface ExchangeLikeHooks {
   /** Accept AUTH without TLS. */
@@ -85,6 +86,14 @@ export class ExchangeLikeConnection extends SMTPConnection {
     private readonly hooks: ExchangeLikeHooks,
   ) {
     super(server, socket, options);
+  }
+
+  /**
+   * Greets at once, as Exchange Online does: smtp-server holds every greeting 100 ms to catch clients that talk
+   * before it (and checks its maxClients, which the fake does not set).
+   */
+  override init(): void {
+    this._setListeners(() => this.connectionReady());
   }
 
   /** Destroys the socket on top (the TLS socket after STARTTLS), like a server that drops the line. */
