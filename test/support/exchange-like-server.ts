@@ -89,8 +89,8 @@ export class ExchangeLikeConnection extends SMTPConnection {
   }
 
   /**
-   * Greets at once, as Exchange Online does: smtp-server holds every greeting 100 ms to catch clients that talk
-   * before it (and checks its maxClients, which the fake does not set).
+   * Greets at once: smtp-server holds every greeting 100 ms to catch clients that talk before it, which Exchange
+   * Online is not known to do (and checks its maxClients, which the fake does not set).
    */
   override init(): void {
     this._setListeners(() => this.connectionReady());
