@@ -10,7 +10,7 @@ import type { Logger } from "../logger.js";
 import { type RelayEvents, replyClassOf } from "../relay-events.js";
 import type { LastBatch, MessageJob } from "../spool/message-job.js";
 import type { Spool } from "../spool/spool.js";
-import { type Classification, classifyReply, enhancedCodeOf } from "./classify-reply.js";
+import { type Classification, classifyReply, enhancedCodeOf, type ReplyAction } from "./classify-reply.js";
 import { ConnectionPool, NoConnectionSlot } from "./connection-pool.js";
 import type { DeliveryLane, DeliveryScheduler, TurnCalls } from "./delivery-scheduler.js";
 import type { MailboxPauses } from "./mailbox-pauses.js";
@@ -103,6 +103,13 @@ const stamped = (reply: string) => `${new Date().toISOString()} ${reply}`;
 /** A later batch's budget take as a DeliveryStart (the body is the one read with the first batch's). */
 const takenOrRefused = (decision: BudgetDecision, body: Buffer): DeliveryStart =>
   decision.ok ? { kind: "taken", body } : { kind: "refused", decision };
+
+/** A verdict after which the connection takes no more messages (a 432, an authentication refused). */
+const condemnsConnection = (action: ReplyAction) =>
+  action === "reduce-connections" || action === "pause-auth";
+
+/** A verdict after which the mailbox's other messages wait (its quota spent upstream, an authentication refused). */
+const stopsMailbox = (action: ReplyAction) => action === "park-quota" || action === "pause-auth";
 
 const jitter = (ms: number) => Math.round(ms * (0.75 + Math.random() * 0.5));
 
@@ -514,8 +521,8 @@ export class MailboxDispatcher implements DeliveryLane {
           // one too, before its data: its 354 is handled in the same turn as this reply
           onFailed: (err) => {
             const { action } = this.verdictOf(err);
-            if (action === "park-quota" || action === "pause-auth") this.stoppedAt = Date.now();
-            if (action === "reduce-connections" || action === "pause-auth") sending.close();
+            if (stopsMailbox(action)) this.stoppedAt = Date.now();
+            if (condemnsConnection(action)) sending.close();
           },
         });
         healthy = true;
@@ -645,8 +652,7 @@ export class MailboxDispatcher implements DeliveryLane {
           upstreamError.responseCode !== undefined &&
           upstreamError.responseCode !== 421 &&
           upstreamError.code !== "ECONNECTION" &&
-          verdict.action !== "reduce-connections" &&
-          verdict.action !== "pause-auth";
+          !condemnsConnection(verdict.action);
         await this.recordReply(job, verdict.reply);
         await this.onFailure(job, token, batch.length, verdict, log(), upstreamError.responseCode);
       } finally {
