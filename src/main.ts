@@ -151,6 +151,7 @@ export async function createRelay(config: Readonly<Config>, options: RelayOption
         wake: spool.wakeChannel,
         givenBack: spool.givenBackChannel,
         slotWanted: spool.slotWantedChannel,
+        stopped: spool.stoppedChannel,
       },
       logger,
     });

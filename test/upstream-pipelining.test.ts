@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import type { Fault } from "./support/fault-script.js";
-import { type TestRelay, waitFor } from "./support/relay.js";
+import { type TestRelay, uniquePrefix, waitFor } from "./support/relay.js";
 import { buildMessage, submit } from "./support/smtp-client.js";
 import { startTcpProxy, type TcpProxy } from "./support/tcp-proxy.js";
 import { useFakeUpstream } from "./support/upstream-fixture.js";
@@ -200,6 +200,34 @@ describe("the next message on a connection", () => {
     await bothHeldWhileParked(r);
     // the second took the connection after the first's reply and gave it back unused
     expect(fx.upstream.faultsLeft).toBe(1);
+  });
+
+  it("is not written when a reply to another relay process parks the mailbox", async () => {
+    // relay B (one connection) holds the first message's reply 3 s, the second's envelope behind it; relay A,
+    // on the same Redis, is allowed a second connection and takes the third message, which Exchange answers
+    // with the mailbox's quota spent
+    const redisPrefix = uniquePrefix();
+    const b = await relay({}, { redisPrefix });
+    await secondBehindFirst(b, { delayMs: 3_000 });
+    const queue = b.spool.queue(MAILBOX);
+    await waitFor(async () => (await queue.getActiveCount()) === 2, 20_000, "both messages taken by relay B");
+    const { reply } = QUOTA;
+    fx.upstream.script({ match: (tx) => tx.rcptTo.includes("third@example.com"), reply });
+    // the same reply for the second, should its data be sent
+    fx.upstream.script({ match: (tx) => tx.rcptTo.includes("second@example.com"), reply });
+    const a = await relay(
+      {},
+      { redisPrefix, defaults: { limits: { connections: 2, messagesPerMinute: 1_000 } } },
+    );
+    await send(a, "third@example.com");
+    await waitFor(() => a.logs.some((l) => l.event === "paused"), 20_000, "relay A parks the mailbox");
+    // relay B hears of it before the first message's reply, and withdraws the second at its 354
+    await waitFor(async () => (await queue.getDelayedCount()) === 2, 20_000, "second and third held");
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    expect(fx.upstream.faultsLeft).toBe(1);
+    expect(fx.upstream.messages.map((m) => m.rcptTo[0])).toEqual(["first@example.com"]);
+    expect([...a.logs, ...b.logs].filter((l) => l.event === "paused")).toHaveLength(1);
+    expect(await queue.getFailedCount()).toBe(0);
   });
 
   it("is not written on a connection the reply to the one before condemns (432 4.3.2), and goes out on another", async () => {

@@ -15,6 +15,8 @@ export interface DeliveryLane {
   turn(token: string, calls: TurnCalls): Promise<{ dueAt: number }>;
   /** Another process waits for one of this mailbox's connection slots (see ConnectionPool.yieldIdle). */
   slotWanted(): void;
+  /** A reply in another process stopped the mailbox: messages started here before now are not sent. */
+  stopped(): void;
 }
 
 export interface TurnCalls {
@@ -46,10 +48,10 @@ export interface DeliverySchedulerOptions {
   /** A connection to put in subscriber mode for wakes from other processes; none: local wakes and polling only. */
   subscriber?: Redis;
   /**
-   * Pub/sub channels: of wakes (Spool.wakeChannel), of messages given back (Spool.givenBackChannel) and of
-   * connection slots wanted (Spool.slotWantedChannel).
+   * Pub/sub channels: of wakes (Spool.wakeChannel), of messages given back (Spool.givenBackChannel), of
+   * connection slots wanted (Spool.slotWantedChannel) and of mailboxes stopped (Spool.stoppedChannel).
    */
-  channels: { wake: string; givenBack: string; slotWanted: string };
+  channels: { wake: string; givenBack: string; slotWanted: string; stopped: string };
   logger: Logger;
 }
 
@@ -82,12 +84,15 @@ export class DeliveryScheduler {
         if (from === channels.wake) this.wake(name);
         else if (from === channels.givenBack) this.nudge(name);
         else if (from === channels.slotWanted && !this.closed) this.lanes.get(name)?.lane.slotWanted();
+        else if (from === channels.stopped) this.lanes.get(name)?.lane.stopped();
       });
       // a wake published while we were disconnected is lost: look at every lane once
       subscriber.on("ready", () => this.wakeAll());
-      subscriber.subscribe(channels.wake, channels.givenBack, channels.slotWanted).catch((err: Error) => {
-        options.logger.warn({ err: err.message }, "cannot subscribe to queue wakes: polling only");
-      });
+      subscriber
+        .subscribe(channels.wake, channels.givenBack, channels.slotWanted, channels.stopped)
+        .catch((err: Error) => {
+          options.logger.warn({ err: err.message }, "cannot subscribe to queue wakes: polling only");
+        });
     }
   }
 

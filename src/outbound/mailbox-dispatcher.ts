@@ -162,9 +162,10 @@ export class MailboxDispatcher implements DeliveryLane {
    */
   private readonly inProgress = new Map<string, { runs: number; lockLostAt: number }>();
   /**
-   * When a reply last stopped the whole mailbox (its quota spent upstream, its authentication refused; 0: never).
-   * A message whose delivery started before then is not sent: Exchange would answer it the same way, and it
-   * blocks a mailbox that keeps repeating an error. It waits for the mailbox's pause instead.
+   * When a reply last stopped the whole mailbox (its quota spent upstream, its authentication refused; 0: never),
+   * in this process or, as soon as its announcement arrives, in another. A message whose delivery started
+   * before then is not sent: Exchange would answer it the same way, and it blocks a mailbox that keeps repeating
+   * an error. It waits for the mailbox's pause instead.
    */
   private stoppedAt = 0;
   /** Turns in progress (close() waits for them). */
@@ -313,6 +314,11 @@ export class MailboxDispatcher implements DeliveryLane {
     const closed = this.pool.yieldIdle(SLOT_YIELD_IDLE_MS);
     if (closed)
       this.logger.debug({ closed }, "idle upstream connections closed: another process waits for a slot");
+  }
+
+  stopped(): void {
+    this.stoppedAt = Date.now();
+    this.logger.debug("a reply in another process stopped the mailbox: messages started here are not sent");
   }
 
   get mailbox(): string {
@@ -521,7 +527,11 @@ export class MailboxDispatcher implements DeliveryLane {
           // one too, before its data: its 354 is handled in the same turn as this reply
           onFailed: (err) => {
             const { action } = this.verdictOf(err);
-            if (stopsMailbox(action)) this.stoppedAt = Date.now();
+            if (stopsMailbox(action)) {
+              this.stoppedAt = Date.now();
+              // and in the other processes, whose messages would get the same reply
+              this.options.spool.mailboxStopped(mailbox);
+            }
             if (condemnsConnection(action)) sending.close();
           },
         });

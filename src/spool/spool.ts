@@ -83,6 +83,19 @@ export class Spool {
     this.announce(this.givenBackChannel, mailbox);
   }
 
+  /** Pub/sub channel on which a process says a reply stopped a mailbox (its quota spent, its authentication refused). */
+  get stoppedChannel(): string {
+    return `${this.prefix}:stopped`;
+  }
+
+  /**
+   * Tells every relay process that an upstream reply stopped the mailbox, so that none sends a message it
+   * already started (best effort: a process that misses it finds the mailbox's pause at its next message).
+   */
+  mailboxStopped(mailbox: string): void {
+    this.announce(this.stoppedChannel, mailbox);
+  }
+
   /** Publishes the mailbox's queue name on a channel of the relays' schedulers (best effort). */
   private announce(channel: string, mailbox: string): void {
     this.redis.publish(channel, this.queueName(mailbox)).catch(() => {});
