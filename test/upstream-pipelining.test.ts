@@ -1,5 +1,8 @@
 import { performance } from "node:perf_hooks";
-import { afterEach, describe, expect, it } from "vitest";
+import { Redis } from "ioredis";
+import { afterEach, describe, expect, inject, it } from "vitest";
+import { QueueControl } from "../src/admin/queue-control.js";
+import { Spool } from "../src/spool/spool.js";
 import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import type { Fault } from "./support/fault-script.js";
@@ -228,6 +231,33 @@ describe("the next message on a connection", () => {
     expect(fx.upstream.messages.map((m) => m.rcptTo[0])).toEqual(["first@example.com"]);
     expect([...a.logs, ...b.logs].filter((l) => l.event === "paused")).toHaveLength(1);
     expect(await queue.getFailedCount()).toBe(0);
+  });
+
+  it("is not written when an operator pauses the mailbox while it waits behind another, and goes at resume", async () => {
+    const r = await relay();
+    const { second } = await secondBehindFirst(r, { delayMs: 2_000 });
+    const queue = r.spool.queue(MAILBOX);
+    await waitFor(async () => (await queue.getActiveCount()) === 2, 20_000, "both messages taken");
+    // what `sluice queue pause` does, over a connection of its own
+    const redis = new Redis(inject("redisUrl"));
+    try {
+      const control = new QueueControl({
+        config: r.config,
+        spool: new Spool(redis, r.config.redisPrefix, {}),
+        redis,
+        actor: "cli",
+      });
+      await control.pause(MAILBOX);
+      const [first] = await fx.upstream.waitForMessages(1, 20_000);
+      expect(first?.rcptTo).toEqual(["first@example.com"]);
+      await waitFor(async () => (await queue.getDelayedCount()) === 1, 20_000, "the second message held");
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      expect(fx.upstream.messages).toHaveLength(1);
+      await control.resume(MAILBOX);
+      expect(await deliveredAttempt(r, second)).toBe(1);
+    } finally {
+      redis.disconnect();
+    }
   });
 
   it("is not written on a connection the reply to the one before condemns (432 4.3.2), and goes out on another", async () => {

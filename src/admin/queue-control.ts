@@ -348,6 +348,8 @@ export class QueueControl {
   async pause(mailbox: string, reason = "paused by an operator"): Promise<MailboxPause> {
     const name = this.requireMailbox(mailbox);
     await this.pauses.replace(name, "manual", reason, MANUAL_PAUSE_MS);
+    // messages the relays have started and not yet written wait too, not only those still queued
+    this.options.spool.mailboxStopped(name);
     this.options.logger?.warn(
       { event: "paused", mailbox: name, pause: "manual", reason, by: this.options.actor },
       "mailbox paused by an operator",
