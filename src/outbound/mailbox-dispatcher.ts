@@ -5,7 +5,12 @@ import { TokenRefused, TokenUnavailable } from "../auth/token-errors.js";
 import type { UpstreamCredentials } from "../auth/upstream-credentials.js";
 import type { Limits } from "../config/schema.js";
 import type { ConnectionLeases } from "../limits/connection-leases.js";
-import type { BudgetDecision, DeliveryStart, MailboxBudget } from "../limits/mailbox-budget.js";
+import type {
+  BudgetDecision,
+  BudgetRequest,
+  DeliveryStart,
+  MailboxBudget,
+} from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
 import { type RelayEvents, replyClassOf } from "../relay-events.js";
 import type { LastBatch, MessageJob } from "../spool/message-job.js";
@@ -17,6 +22,7 @@ import type { MailboxPauses } from "./mailbox-pauses.js";
 import { type RetryConfig, retryDelay } from "./retry-schedule.js";
 import {
   openUpstream,
+  type SendResult,
   type UpstreamConfig,
   type UpstreamConnection,
   type UpstreamError,
@@ -70,6 +76,24 @@ class RecipientsDeferred extends Error {
     super(`recipients deferred by the upstream: ${replies.join("; ")}`);
     this.name = "RecipientsDeferred";
   }
+}
+
+/** One run of a job's delivery, as its batches go: what the stages share. */
+interface DeliveryRun {
+  job: Job<MessageJob>;
+  token: string | undefined;
+  /** When this run began (epoch ms): a lock lost or a mailbox stopped since then stops its sending. */
+  startedAt: number;
+  /** The fields of the job's log lines. */
+  log: () => Record<string, unknown>;
+  /** The message, read with the first batch's start. */
+  body?: Buffer;
+  /** Replies to recipients deferred (4xx at RCPT) in this run, for its log line. */
+  deferred: string[];
+  batches: number;
+  lastReply?: string;
+  /** The last batch's outcome, once nothing is left for a retry: the job's return value. */
+  last?: LastBatch;
 }
 
 /**
@@ -376,12 +400,16 @@ export class MailboxDispatcher implements DeliveryLane {
     throw err;
   }
 
+  /**
+   * The job's delivery, batch by batch (each: start -> send -> record), then its outcome. Every way of waiting
+   * or failing throws (hold, retry, fail); a job dropped as already delivered returns undefined.
+   */
   private async deliverJob(
     job: Job<MessageJob>,
     token: string | undefined,
     startedAt: number,
   ): Promise<LastBatch | undefined> {
-    const { spool, retry, mailbox, limits, budget, pauses } = this.options;
+    const { retry, mailbox, limits } = this.options;
     // the mailbox is in every line already: this.logger is a child logger bound to it
     const log = () => ({
       id: job.data.id,
@@ -398,13 +426,9 @@ export class MailboxDispatcher implements DeliveryLane {
         recipients: job.data.recipients.map((recipient) => ({ recipient, reply })),
         failed: true,
       });
-      throw new UnrecoverableError(`expired: not delivered within ${Math.round(retry.maxAge / 3600_000)} h`);
+      throw new UnrecoverableError(reply);
     }
-    let body: Buffer | undefined;
-    const deferred: string[] = [];
-    let batches = 0;
-    let lastReply: string | undefined;
-    let last: LastBatch | undefined;
+    const run: DeliveryRun = { job, token, startedAt, log, deferred: [], batches: 0 };
     while (job.data.recipients.length) {
       // asked again before every batch: interactive mail queued while a newsletter's batches go out gets the
       // minute's last unit
@@ -422,30 +446,50 @@ export class MailboxDispatcher implements DeliveryLane {
       );
       const batch = job.data.recipients.slice(0, batchSize);
       const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
-      const request = { id: takeId, recipients: batch.length };
-      // the first batch: the pause, the budget and the body in one round trip; the next ones: the budget
-      const startOf = async (): Promise<DeliveryStart> =>
-        body
-          ? takenOrRefused(await budget.take(mailbox, request, budgetLimits), body)
-          : await budget.startDelivery(mailbox, request, budgetLimits, {
-              pause: pauses.keyOf(mailbox),
-              body: spool.bodyKey(job.data.id),
-              ...(token && job.id ? { lock: { key: `${this.worker.toKey(job.id)}:lock`, token } } : {}),
-            });
-      let start = await startOf();
-      // a body found before its submission's commit ends (a round trip or two, more with replicas) is looked at
-      // again in a moment, the job kept: put back in the queue, an interactive message would lose its place
-      // ahead of bulk mail
-      const keepUntil = Date.now() + UNCOMMITTED_KEEP_MS;
-      while (start.kind === "uncommitted" && Date.now() < keepUntil) {
-        await sleep(UNCOMMITTED_RECHECK_MS);
-        start = await startOf();
-      }
-      if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
-        if (start.kind === "taken") await budget.refund(mailbox, takeId).catch(() => {});
-        this.leaveLockLost(log());
-      }
-      if (start.kind === "paused") {
+      run.body = await this.startBatch(run, { id: takeId, recipients: batch.length }, budgetLimits);
+      if (!run.body) return undefined;
+      await this.sendBatch(run, batch, takeId);
+    }
+    return this.finishJob(run);
+  }
+
+  /**
+   * Takes the batch's budget, and with the first batch checks the mailbox's pause and the job's lock and reads
+   * the body (one round trip). Returns the body; undefined: the job is to be dropped (its body is gone). Throws
+   * to hold the job while the mailbox is paused, its budget spent or its submission not yet committed.
+   */
+  private async startBatch(
+    run: DeliveryRun,
+    request: BudgetRequest,
+    budgetLimits: Limits,
+  ): Promise<Buffer | undefined> {
+    const { spool, mailbox, limits, budget, pauses } = this.options;
+    const { job, token, startedAt, log, body } = run;
+    const startOf = async (): Promise<DeliveryStart> =>
+      body
+        ? takenOrRefused(await budget.take(mailbox, request, budgetLimits), body)
+        : await budget.startDelivery(mailbox, request, budgetLimits, {
+            pause: pauses.keyOf(mailbox),
+            body: spool.bodyKey(job.data.id),
+            ...(token && job.id ? { lock: { key: `${this.worker.toKey(job.id)}:lock`, token } } : {}),
+          });
+    let start = await startOf();
+    // a body found before its submission's commit ends (a round trip or two, more with replicas) is looked at
+    // again in a moment, the job kept: put back in the queue, an interactive message would lose its place
+    // ahead of bulk mail
+    const keepUntil = Date.now() + UNCOMMITTED_KEEP_MS;
+    while (start.kind === "uncommitted" && Date.now() < keepUntil) {
+      await sleep(UNCOMMITTED_RECHECK_MS);
+      start = await startOf();
+    }
+    if (start.kind === "lock-lost" || this.lostLock(job, startedAt)) {
+      if (start.kind === "taken") await budget.refund(mailbox, request.id).catch(() => {});
+      this.leaveLockLost(log());
+    }
+    switch (start.kind) {
+      case "taken":
+        return start.body;
+      case "paused": {
         const pause = pauses.parse(start.pause);
         this.logger.debug(
           { ...log(), event: "deferred", pause: pause.kind },
@@ -455,14 +499,13 @@ export class MailboxDispatcher implements DeliveryLane {
         this.options.scheduler.backOff(this.name, pause.until);
         return this.hold(job, token, pause.until - Date.now() + jitter(1_000));
       }
-      if (start.kind === "no-body") {
+      case "no-body":
         this.logger.error(
           log(),
           "message body missing: an earlier run of this job already delivered it (its queue lock was lost), or the submission was never acknowledged; dropping the job",
         );
-        return;
-      }
-      if (start.kind === "uncommitted") {
+        return undefined;
+      case "uncommitted": {
         // still not committed: a commit that failed (its client got 451 and may send the message again) leaves
         // a body that expires, and the job is dropped then (no-body). It waits in the queue, longer the older
         // it is, until then
@@ -473,11 +516,11 @@ export class MailboxDispatcher implements DeliveryLane {
         this.logger.debug({ ...log(), waitMs }, "message not yet committed by its submission: it waits");
         return this.hold(job, token, waitMs);
       }
-      if (start.kind === "refused") {
+      case "refused": {
         const { decision } = start;
         if (decision.retryInMs < 0) {
           throw new UnrecoverableError(
-            `a batch of ${batch.length} recipients can never fit ${decision.budget} = ${decision.limit}: raise the limit or lower recipientsPerMessage`,
+            `a batch of ${request.recipients} recipients can never fit ${decision.budget} = ${decision.limit}: raise the limit or lower recipientsPerMessage`,
           );
         }
         this.logger.info(
@@ -499,178 +542,200 @@ export class MailboxDispatcher implements DeliveryLane {
           this.options.scheduler.backOff(this.name, Date.now() + decision.retryInMs + 50);
         return this.hold(job, token, decision.retryInMs + 50 + (job.data.priority === "bulk" ? 1_000 : 0));
       }
-      body = start.body;
-      let connection: UpstreamConnection | undefined;
-      /** The connection, given back to the pool once the message was written (see send's onWritten). */
-      let released: UpstreamConnection | undefined;
-      let healthy = false;
-      try {
-        connection = await this.acquireConnection(job);
-        // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
-        // meanwhile is another worker's to send
-        if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
-        if (this.stoppedSince(startedAt)) throw new MailboxStopped();
-        const sending = connection;
-        // the connection goes back as soon as the message is written: the next message's envelope follows at
-        // once (PIPELINING) and is answered right after this message's reply, without a round trip of its own.
-        // A reply that condemns the connection closes it then (below)
-        const result = await sending.send(mailbox, batch, body, {
-          onWritten: () => {
-            connection = undefined;
-            released = sending;
-            this.pool.release(sending, true);
-          },
-          // asked again when the upstream takes the data, which for a message pipelined behind another is that
-          // one's reply time later
-          mayWrite: () => !this.lostLock(job, startedAt) && !this.stoppedSince(startedAt),
-          // a reply that stops the mailbox or condemns the connection stops a message already sent behind this
-          // one too, before its data: its 354 is handled in the same turn as this reply
-          onFailed: (err) => {
-            const { action } = this.verdictOf(err);
-            if (stopsMailbox(action)) {
-              this.stoppedAt = Date.now();
-              // and in the other processes, whose messages would get the same reply
-              this.options.spool.mailboxStopped(mailbox);
-            }
-            if (condemnsConnection(action)) sending.close();
-          },
-        });
-        healthy = true;
-        // an upstream without PIPELINING: the connection goes back now, before the bookkeeping below
-        if (connection) this.pool.release(connection, true);
-        connection = undefined;
-        // the bookkeeping waits a moment, so that it does not hold up this event loop while the connection's
-        // next message goes out (the upstream then takes its time to answer: there is room for it there)
-        await sleep(BOOKKEEPING_DELAY_MS);
-        const refusedNow = result.rejected
-          .filter((r) => (r.responseCode ?? 400) >= 500)
-          .map((r) => ({ recipient: r.recipient, reply: r.response }));
-        // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
-        const tooMany = result.rejected.filter(
-          (r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3",
-        );
-        const deferredNow = result.rejected.filter(
-          (r) => (r.responseCode ?? 400) < 500 && !tooMany.includes(r),
-        );
-        deferred.push(...deferredNow.map((r) => `${r.recipient}: ${r.response}`));
-        if (tooMany.length) {
-          this.logger.warn(
-            { ...log(), batchSize: result.accepted.length, reply: tooMany[0]?.response },
-            "upstream takes fewer recipients per message: the rest go in further batches",
-          );
-        }
-        const data: MessageJob = {
-          ...job.data,
-          batchSize: tooMany.length ? Math.max(1, result.accepted.length) : job.data.batchSize,
-          recipients: [...tooMany.map((r) => r.recipient), ...job.data.recipients.slice(batch.length)],
-          delivered: [...job.data.delivered, ...result.accepted],
-          refused: [...job.data.refused, ...refusedNow],
-          deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
-        };
-        const replies = [result.response, ...result.rejected.map((r) => `${r.recipient}: ${r.response}`)];
-        if (data.recipients.length === 0 && data.deferred?.length === 0) {
-          // the message's last batch, nothing left for a retry: its outcome is written with the job's
-          // completion (the return value), not by updates of its own. Should this process die before that, the
-          // body is gone already: the job, run again, is dropped as delivered (never sent twice)
-          job.data = data;
-          last = {
-            accepted: result.accepted,
-            refused: refusedNow,
-            replies: replies.map(stamped),
-          };
-          // on the worker connection, which waits for Redis when it is away (the spool's fails at once), and
-          // without waiting for its answer: BullMQ's completion goes over the same connection right after it, and
-          // Redis runs the two in that order (one round trip, not two). Should the removal fail (the connection
-          // closed for good), the completion, queued behind it, fails too and the job is run again
-          spool.removeBody(job.data.id, this.options.connection).catch((err: Error) => {
-            this.logger.warn({ ...log(), err: err.message }, "could not remove a delivered message's body");
-          });
-        } else {
-          await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
-        }
-        lastReply = result.response;
-        // a message that goes in one batch gets one line (delivered, with the reply); one in several, or with
-        // recipients left for a retry, one per batch as well
-        if (++batches > 1 || job.data.recipients.length || deferredNow.length) {
-          this.logger.info(
-            {
-              ...log(),
-              event: "batch-delivered",
-              reply: result.response,
-              accepted: result.accepted.length,
-              refused: refusedNow.length,
-              deferred: deferredNow.length,
-            },
-            "upstream accepted the batch",
-          );
-        }
-      } catch (err) {
-        await budget.refund(mailbox, takeId).catch(() => {});
-        if (err instanceof LockLost) {
-          // nothing was sent: the connection is as good as before
-          healthy = true;
-          throw err;
-        }
-        const notSent = err as UpstreamError;
-        if (err instanceof MailboxStopped || notSent.code === "EWITHDRAWN") {
-          // nothing of the message was written (a withdrawn one: the connection was dropped before its data)
-          healthy = err instanceof MailboxStopped;
-          if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
-          if (this.stoppedSince(startedAt)) {
-            // a moment for the reply's pause to reach Redis: the message then waits for it there
-            this.logger.debug(log(), "the reply to an earlier message stopped the mailbox: message waits");
-            return this.hold(job, token, jitter(1_000));
-          }
-          this.logger.debug(log(), "connection closed before the message's turn: message waits");
-          return this.hold(job, token, 0);
-        }
-        if (notSent.behindAnother) {
-          this.logger.debug(
-            { ...log(), err: notSent.message },
-            "connection lost before the message's turn (the one before it was waiting for its reply): message waits",
-          );
-          return this.hold(job, token, jitter(250));
-        }
-        if (err instanceof NoConnectionSlot) {
-          this.logger.debug(log(), "no free upstream connection slot: message waits");
-          if (!err.givenUp) return this.hold(job, token, jitter(500));
-          // given up for the processes that hold the slots: ready for them at once, and they are told; this
-          // process, if it holds no connection, leaves the mailbox to them for a moment
-          if (err.backOffMs > 0) this.options.scheduler.backOff(this.name, Date.now() + err.backOffMs);
-          return this.hold(job, token, 0).finally(() => this.options.spool.givenBack(mailbox));
-        }
-        if (err instanceof TokenUnavailable) {
-          this.logger.warn(
-            { ...log(), event: "deferred", err: err.message, waitMs: err.retryInMs },
-            "no OAuth2 token (token endpoint down or slow): message waits",
-          );
-          return this.hold(job, token, err.retryInMs + jitter(250));
-        }
-        if (err instanceof TokenRefused) {
-          const refused: Classification = {
-            action: "pause-auth",
-            category: "oauth2-token",
-            reply: err.message,
-            hint: err.hint,
-          };
-          return this.onFailure(job, token, batch.length, refused, log());
-        }
-        const upstreamError = err as UpstreamError;
-        const verdict = this.verdictOf(upstreamError);
-        // reuse a connection only after a reply about this message; 421 and 432 condemn the connection itself
-        healthy =
-          upstreamError.responseCode !== undefined &&
-          upstreamError.responseCode !== 421 &&
-          upstreamError.code !== "ECONNECTION" &&
-          !condemnsConnection(verdict.action);
-        await this.recordReply(job, verdict.reply);
-        await this.onFailure(job, token, batch.length, verdict, log(), upstreamError.responseCode);
-      } finally {
-        if (connection) this.pool.release(connection, healthy);
-        // given back when the message was written, and condemned by its reply (421, 432): no more messages on it
-        else if (released && !healthy) this.pool.condemn(released);
-      }
     }
+  }
+
+  /** Sends the batch on a connection of the pool and records its outcome; a failure throws (hold, retry, fail). */
+  private async sendBatch(run: DeliveryRun, batch: string[], takeId: string): Promise<void> {
+    const { job, startedAt, log, body } = run;
+    if (!body) throw new Error("sendBatch: no body");
+    let connection: UpstreamConnection | undefined;
+    /** The connection, given back to the pool once the message was written (see send's onWritten). */
+    let released: UpstreamConnection | undefined;
+    let healthy = false;
+    try {
+      connection = await this.acquireConnection(job);
+      // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
+      // meanwhile is another worker's to send
+      if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
+      if (this.stoppedSince(startedAt)) throw new MailboxStopped();
+      const sending = connection;
+      // the connection goes back as soon as the message is written: the next message's envelope follows at
+      // once (PIPELINING) and is answered right after this message's reply, without a round trip of its own.
+      // A reply that condemns the connection closes it then (below)
+      const result = await sending.send(this.options.mailbox, batch, body, {
+        onWritten: () => {
+          connection = undefined;
+          released = sending;
+          this.pool.release(sending, true);
+        },
+        // asked again when the upstream takes the data, which for a message pipelined behind another is that
+        // one's reply time later
+        mayWrite: () => !this.lostLock(job, startedAt) && !this.stoppedSince(startedAt),
+        // a reply that stops the mailbox or condemns the connection stops a message already sent behind this
+        // one too, before its data: its 354 is handled in the same turn as this reply
+        onFailed: (err) => {
+          const { action } = this.verdictOf(err);
+          if (stopsMailbox(action)) {
+            this.stoppedAt = Date.now();
+            // and in the other processes, whose messages would get the same reply
+            this.options.spool.mailboxStopped(this.options.mailbox);
+          }
+          if (condemnsConnection(action)) sending.close();
+        },
+      });
+      healthy = true;
+      // an upstream without PIPELINING: the connection goes back now, before the bookkeeping below
+      if (connection) this.pool.release(connection, true);
+      connection = undefined;
+      await this.recordBatch(run, batch, result);
+    } catch (err) {
+      await this.options.budget.refund(this.options.mailbox, takeId).catch(() => {});
+      healthy = this.reusableAfter(err);
+      await this.sendFailed(run, batch.length, err);
+    } finally {
+      if (connection) this.pool.release(connection, healthy);
+      // given back when the message was written, and condemned by its reply (421, 432): no more messages on it
+      else if (released && !healthy) this.pool.condemn(released);
+    }
+  }
+
+  /** Whether the connection may take more messages after `err` (a reply about this message only). */
+  private reusableAfter(err: unknown): boolean {
+    // nothing was sent: the connection is as good as before
+    if (err instanceof LockLost || err instanceof MailboxStopped) return true;
+    const upstreamError = err as UpstreamError;
+    // withdrawn (dropped before its data), or lost behind another message's reply
+    if (upstreamError.code === "EWITHDRAWN" || upstreamError.behindAnother) return false;
+    // 421 and 432 condemn the connection itself
+    return (
+      upstreamError.responseCode !== undefined &&
+      upstreamError.responseCode !== 421 &&
+      upstreamError.code !== "ECONNECTION" &&
+      !condemnsConnection(this.verdictOf(upstreamError).action)
+    );
+  }
+
+  /** Records a batch the upstream answered: its recipients' outcomes in the job, its replies in the job's log. */
+  private async recordBatch(run: DeliveryRun, batch: string[], result: SendResult): Promise<void> {
+    const { job, log } = run;
+    // the bookkeeping waits a moment, so that it does not hold up this event loop while the connection's
+    // next message goes out (the upstream then takes its time to answer: there is room for it there)
+    await sleep(BOOKKEEPING_DELAY_MS);
+    const refusedNow = result.rejected
+      .filter((r) => (r.responseCode ?? 400) >= 500)
+      .map((r) => ({ recipient: r.recipient, reply: r.response }));
+    // 452 4.5.3 at RCPT: the upstream takes fewer recipients per message; they go in the next batch
+    const tooMany = result.rejected.filter(
+      (r) => r.responseCode === 452 && enhancedCodeOf(r.response) === "4.5.3",
+    );
+    const deferredNow = result.rejected.filter((r) => (r.responseCode ?? 400) < 500 && !tooMany.includes(r));
+    run.deferred.push(...deferredNow.map((r) => `${r.recipient}: ${r.response}`));
+    if (tooMany.length) {
+      this.logger.warn(
+        { ...log(), batchSize: result.accepted.length, reply: tooMany[0]?.response },
+        "upstream takes fewer recipients per message: the rest go in further batches",
+      );
+    }
+    const data: MessageJob = {
+      ...job.data,
+      batchSize: tooMany.length ? Math.max(1, result.accepted.length) : job.data.batchSize,
+      recipients: [...tooMany.map((r) => r.recipient), ...job.data.recipients.slice(batch.length)],
+      delivered: [...job.data.delivered, ...result.accepted],
+      refused: [...job.data.refused, ...refusedNow],
+      deferred: [...(job.data.deferred ?? []), ...deferredNow.map((r) => r.recipient)],
+    };
+    const replies = [result.response, ...result.rejected.map((r) => `${r.recipient}: ${r.response}`)];
+    if (data.recipients.length === 0 && data.deferred?.length === 0) {
+      // the message's last batch, nothing left for a retry: its outcome is written with the job's
+      // completion (the return value), not by updates of its own. Should this process die before that, the
+      // body is gone already: the job, run again, is dropped as delivered (never sent twice)
+      job.data = data;
+      run.last = { accepted: result.accepted, refused: refusedNow, replies: replies.map(stamped) };
+      // on the worker connection, which waits for Redis when it is away (the spool's fails at once), and
+      // without waiting for its answer: BullMQ's completion goes over the same connection right after it, and
+      // Redis runs the two in that order (one round trip, not two). Should the removal fail (the connection
+      // closed for good), the completion, queued behind it, fails too and the job is run again
+      this.options.spool.removeBody(job.data.id, this.options.connection).catch((err: Error) => {
+        this.logger.warn({ ...log(), err: err.message }, "could not remove a delivered message's body");
+      });
+    } else {
+      await Promise.all([...replies.map((reply) => this.recordReply(job, reply)), job.updateData(data)]);
+    }
+    run.lastReply = result.response;
+    // a message that goes in one batch gets one line (delivered, with the reply); one in several, or with
+    // recipients left for a retry, one per batch as well
+    if (++run.batches > 1 || job.data.recipients.length || deferredNow.length) {
+      this.logger.info(
+        {
+          ...log(),
+          event: "batch-delivered",
+          reply: result.response,
+          accepted: result.accepted.length,
+          refused: refusedNow.length,
+          deferred: deferredNow.length,
+        },
+        "upstream accepted the batch",
+      );
+    }
+  }
+
+  /** What a batch's failure to go out means for the job: always throws (hold, retry or fail). */
+  private async sendFailed(run: DeliveryRun, batchLength: number, err: unknown): Promise<never> {
+    const { job, token, startedAt, log } = run;
+    if (err instanceof LockLost) throw err;
+    const notSent = err as UpstreamError;
+    if (err instanceof MailboxStopped || notSent.code === "EWITHDRAWN") {
+      // nothing of the message was written (a withdrawn one: the connection was dropped before its data)
+      if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
+      if (this.stoppedSince(startedAt)) {
+        // a moment for the reply's pause to reach Redis: the message then waits for it there
+        this.logger.debug(log(), "the reply to an earlier message stopped the mailbox: message waits");
+        return this.hold(job, token, jitter(1_000));
+      }
+      this.logger.debug(log(), "connection closed before the message's turn: message waits");
+      return this.hold(job, token, 0);
+    }
+    if (notSent.behindAnother) {
+      this.logger.debug(
+        { ...log(), err: notSent.message },
+        "connection lost before the message's turn (the one before it was waiting for its reply): message waits",
+      );
+      return this.hold(job, token, jitter(250));
+    }
+    if (err instanceof NoConnectionSlot) {
+      this.logger.debug(log(), "no free upstream connection slot: message waits");
+      if (!err.givenUp) return this.hold(job, token, jitter(500));
+      // given up for the processes that hold the slots: ready for them at once, and they are told; this
+      // process, if it holds no connection, leaves the mailbox to them for a moment
+      if (err.backOffMs > 0) this.options.scheduler.backOff(this.name, Date.now() + err.backOffMs);
+      return this.hold(job, token, 0).finally(() => this.options.spool.givenBack(this.options.mailbox));
+    }
+    if (err instanceof TokenUnavailable) {
+      this.logger.warn(
+        { ...log(), event: "deferred", err: err.message, waitMs: err.retryInMs },
+        "no OAuth2 token (token endpoint down or slow): message waits",
+      );
+      return this.hold(job, token, err.retryInMs + jitter(250));
+    }
+    if (err instanceof TokenRefused) {
+      const refused: Classification = {
+        action: "pause-auth",
+        category: "oauth2-token",
+        reply: err.message,
+        hint: err.hint,
+      };
+      return this.onFailure(job, token, batchLength, refused, log());
+    }
+    const verdict = this.verdictOf(notSent);
+    await this.recordReply(job, verdict.reply);
+    return this.onFailure(job, token, batchLength, verdict, log(), notSent.responseCode);
+  }
+
+  /** After the last batch: retries the deferred recipients (throws), or announces and logs the outcome. */
+  private async finishJob(run: DeliveryRun): Promise<LastBatch | undefined> {
+    const { job, log, deferred, last, lastReply } = run;
+    const { mailbox, spool, events } = this.options;
     const remaining = job.data.deferred ?? [];
     if (remaining.length) {
       await job.updateData({ ...job.data, recipients: remaining, deferred: [] });
@@ -681,9 +746,9 @@ export class MailboxDispatcher implements DeliveryLane {
       throw new RecipientsDeferred(deferred);
     }
     if (!last) await spool.removeBody(job.data.id, this.options.connection);
-    if (job.data.delivered.length) this.options.events?.emit("delivered", { mailbox, job: job.data });
+    if (job.data.delivered.length) events?.emit("delivered", { mailbox, job: job.data });
     if (job.data.refused.length) {
-      this.options.events?.emit("undeliverable", {
+      events?.emit("undeliverable", {
         mailbox,
         job: job.data,
         recipients: job.data.refused,
