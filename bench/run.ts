@@ -20,7 +20,8 @@
  * 1 minute), `--only delivery|ingest|large|mailboxes500|backlog`, `--runs 2x1,2x10` (only these delivery runs:
  * relays x mailboxes), `--no-bare`, `--max-messages-per-connection N` (default 1,000, the relay's default),
  * `--delivery-concurrency N` (the relays' deliveryConcurrency; default the relay's, 200),
- * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--keep` (keep the temporary folder with
+ * `--appendfsync everysec|no` (an experiment: Redis fsyncs less), `--redis-stall MS` (an experiment: Redis
+ * answers nothing for MS once, 8 s into each delivery run, as during a slow fsync: CLIENT PAUSE ALL), `--keep` (keep the temporary folder with
  * the relays' logs, and each delivery as the upstream saw it: deliveries-d<run>.json, with the fake's
  * performance.now() times of MAIL FROM, 354, end of DATA and 250, and the relay's queue id), `--profile <dir>` (a CPU
  * profile of each relay during each delivery run, to open in Chrome's DevTools). BENCH_NODE_ARGS="--cpu-prof
@@ -92,6 +93,9 @@ const RUN_ALL = RUN_DELIVERY && RUN_INGEST && RUN_LARGE && RUN_MAILBOXES500 && R
 const HELD_QUEUE_NAME = "held";
 /** `--appendfsync everysec|no`: an experiment (results go to latest-partial.json); default always. */
 const APPENDFSYNC = flagValue("--appendfsync") ?? "always";
+/** `--redis-stall MS`: an experiment (results go to latest-partial.json); Redis paused once per delivery run. */
+const REDIS_STALL_MS = Number(flagValue("--redis-stall") ?? 0);
+const REDIS_STALL_AFTER_MS = 8_000;
 const HERE = import.meta.dirname;
 const ROOT = join(HERE, "..");
 const RELAY_WORKER = join(HERE, "relay-worker.mjs");
@@ -869,7 +873,14 @@ async function deliveryRun(env: DeliveryEnv, run: number, spec: DeliverySpec): P
       seen = env.upstream.messages.length;
       return distinct.size;
     };
+    const stall =
+      REDIS_STALL_MS > 0
+        ? setTimeout(() => {
+            env.admin.call("CLIENT", "PAUSE", String(REDIS_STALL_MS), "ALL").catch(() => {});
+          }, REDIS_STALL_AFTER_MS)
+        : undefined;
     while (distinctCount() < queuedOk && Date.now() < deadline) await sleep(10);
+    clearTimeout(stall);
     const timedOut = distinctCount() < queuedOk;
     const after = await sampleCpu(
       relays,
@@ -1936,7 +1947,7 @@ async function main(): Promise<void> {
   machine.fsyncMsMedianAtEnd = round(measureFsync(dir), 3);
   const report = {
     date: new Date().toISOString(),
-    mode: `${QUICK ? "quick" : "full"}${ONLY && !RUN_ALL ? `, ${ONLY} only` : ""}${APPENDFSYNC === "always" ? "" : `, appendfsync ${APPENDFSYNC}`}`,
+    mode: `${QUICK ? "quick" : "full"}${ONLY && !RUN_ALL ? `, ${ONLY} only` : ""}${APPENDFSYNC === "always" ? "" : `, appendfsync ${APPENDFSYNC}`}${REDIS_STALL_MS ? `, Redis stalled ${REDIS_STALL_MS} ms once per delivery run` : ""}`,
     command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
     durationSeconds: round((performance.now() - started) / 1000, 0),
     git: gitState(),
@@ -1968,7 +1979,8 @@ async function main(): Promise<void> {
 
   const resultsDir = join(HERE, "results");
   mkdirSync(resultsDir, { recursive: true });
-  const partial = !RUN_ALL || APPENDFSYNC !== "always" || DELIVERY_CONCURRENCY !== undefined;
+  const partial =
+    !RUN_ALL || APPENDFSYNC !== "always" || DELIVERY_CONCURRENCY !== undefined || REDIS_STALL_MS > 0;
   const file = join(resultsDir, QUICK || partial ? "latest-partial.json" : "latest.json");
   writeFileSync(file, `${JSON.stringify(report, null, 2)}\n`);
   log(`wrote ${file} in ${report.durationSeconds} s`);
