@@ -406,6 +406,26 @@ describe("independence and pauses", () => {
     expect(fx.upstream.authFailures).toBeLessThanOrEqual(3);
   });
 
+  it("meets a refused password with one AUTH per connection slot at most, however much mail is waiting", async () => {
+    // 30 messages ready at once: the relay takes 6 (twice its 3 connections) and opens 3 connections for them;
+    // the first refusal stops the mailbox, so the 3 messages still waiting for a connection open none
+    const r = await relay({ mailboxes: { [MAILBOX]: { password: "wrong" }, [OTHER]: { password: "pw2" } } });
+    const queue = r.spool.queue(MAILBOX);
+    await queue.pause();
+    const sent = await Promise.all(recipients(30, "burst").map((to) => send(r, [to])));
+    expect(sent.every((s) => s.ok)).toBe(true);
+    await queue.resume();
+    r.spool.wake(MAILBOX);
+    await waitFor(() => r.logs.some((l) => l.event === "paused"), 20_000, "mailbox paused");
+    await waitFor(async () => (await queue.getActiveCount()) === 0, 20_000, "deliveries in progress ended");
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    expect(fx.upstream.authFailures).toBeGreaterThan(0);
+    expect(fx.upstream.authFailures).toBeLessThanOrEqual(3);
+    expect(r.logs.filter((l) => l.event === "paused")).toHaveLength(1);
+    expect(await queue.getFailedCount()).toBe(0);
+    expect(await queue.count()).toBe(30);
+  });
+
   it("sends a paused mailbox's mail within seconds of the pause's end even when no relay was told", async () => {
     const r = await relay();
     const redis = new Redis(redisUrl);

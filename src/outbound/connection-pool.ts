@@ -72,6 +72,11 @@ export interface AcquireOptions {
    * is committed to go before any mail that comes later, interactive mail included). Default true.
    */
   behindReply?: boolean;
+  /**
+   * Asked before each try for a connection: an error means the caller no longer wants one (its mailbox was
+   * stopped meanwhile), and acquire throws it instead of taking or opening a connection.
+   */
+  stopped?: () => Error | undefined;
 }
 
 interface Pooled {
@@ -139,6 +144,8 @@ export class ConnectionPool {
     const behindReply = wants.behindReply ?? true;
     const until = Date.now() + this.options.leaseWaitMs;
     for (;;) {
+      const stopped = wants.stopped?.();
+      if (stopped) throw stopped;
       const allowed = await maxInUse();
       // connections whose message waits for its reply are in use for a caller that will not go behind it
       const inUse =

@@ -212,7 +212,14 @@ export class MailboxDispatcher implements DeliveryLane {
         release: (id) => leases.release(mailbox, id),
         renewEveryMs: Math.max(100, Math.floor(options.leaseTtlMs / 3)),
       },
-      open: () => openUpstream(upstream, options.tls, options.credentials, options.hostname),
+      // a refused AUTH stops the mailbox as a reply to a message does
+      open: () =>
+        openUpstream(upstream, options.tls, options.credentials, options.hostname).catch(
+          (err: UpstreamError) => {
+            if (stopsMailbox(this.verdictOf(err).action)) this.noteStopped();
+            throw err;
+          },
+        ),
       // every slot is taken: processes that hold one idle hand it over (slotWanted) instead of after idleTimeout
       onStarved: () => spool.wantSlot(mailbox),
     });
@@ -554,7 +561,7 @@ export class MailboxDispatcher implements DeliveryLane {
     let released: UpstreamConnection | undefined;
     let healthy = false;
     try {
-      connection = await this.acquireConnection(job);
+      connection = await this.acquireConnection(job, startedAt);
       // waiting for a connection can take seconds (all slots busy, Redis away): a job whose lock lapsed
       // meanwhile is another worker's to send
       if (this.lostLock(job, startedAt)) this.leaveLockLost(log());
@@ -576,11 +583,7 @@ export class MailboxDispatcher implements DeliveryLane {
         // one too, before its data: its 354 is handled in the same turn as this reply
         onFailed: (err) => {
           const { action } = this.verdictOf(err);
-          if (stopsMailbox(action)) {
-            this.stoppedAt = Date.now();
-            // and in the other processes, whose messages would get the same reply
-            this.options.spool.mailboxStopped(this.options.mailbox);
-          }
+          if (stopsMailbox(action)) this.noteStopped();
           if (condemnsConnection(action)) sending.close();
         },
       });
@@ -773,6 +776,12 @@ export class MailboxDispatcher implements DeliveryLane {
     return this.options.credentials.explain(classifyReply(err));
   }
 
+  /** A reply stopped the mailbox: here at once, and in the other processes, whose messages would get it too. */
+  private noteStopped(): void {
+    this.stoppedAt = Date.now();
+    this.options.spool.mailboxStopped(this.options.mailbox);
+  }
+
   /** A reply stopped the mailbox since `startedAt` (see stoppedAt). */
   private stoppedSince(startedAt: number): boolean {
     return this.stoppedAt >= startedAt;
@@ -809,16 +818,20 @@ export class MailboxDispatcher implements DeliveryLane {
    * other processes hold the mailbox's other slots, a job that this process's connections cannot serve soon
    * gives up at once (NoConnectionSlot.givenUp) and goes back to the queue for them.
    */
-  private async acquireConnection(job: Job<MessageJob>): Promise<UpstreamConnection> {
+  private async acquireConnection(job: Job<MessageJob>, startedAt: number): Promise<UpstreamConnection> {
     const { connections } = this.options.limits;
+    // a mailbox stopped while the message waits (a refused AUTH on a connection being opened for another
+    // message): no connection taken, none opened, so no further AUTH is refused the same way
+    const stopped = () => (this.stoppedSince(startedAt) ? new MailboxStopped() : undefined);
     if (job.data.priority === "bulk") {
       return this.pool.acquire({
         behindReply: false,
         maxInUse: async () =>
           connections > 1 && (await this.interactiveWaiting()) ? connections - 1 : connections,
+        stopped,
       });
     }
-    return this.pool.acquire();
+    return this.pool.acquire({ stopped });
   }
 
   /** Acts on the reply table's verdict; always throws (hold, retry or fail). */
