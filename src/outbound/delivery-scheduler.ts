@@ -15,7 +15,7 @@ export interface DeliveryLane {
   turn(token: string, calls: TurnCalls): Promise<{ dueAt: number }>;
   /** Another process waits for one of this mailbox's connection slots (see ConnectionPool.yieldIdle). */
   slotWanted(): void;
-  /** A reply in another process stopped the mailbox: messages started here before now are not sent. */
+  /** A reply (here or in another process) or an operator stopped the mailbox: messages started before now are not sent. */
   stopped(): void;
 }
 

@@ -349,7 +349,9 @@ export class MailboxDispatcher implements DeliveryLane {
 
   stopped(): void {
     this.stoppedAt = Date.now();
-    this.logger.debug("a reply in another process stopped the mailbox: messages started here are not sent");
+    this.logger.debug(
+      "mailbox stopped (a reply, here or in another process, or an operator's pause): messages started before now are not sent",
+    );
   }
 
   get mailbox(): string {

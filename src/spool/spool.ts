@@ -83,14 +83,14 @@ export class Spool {
     this.announce(this.givenBackChannel, mailbox);
   }
 
-  /** Pub/sub channel on which a process says a reply stopped a mailbox (its quota spent, its authentication refused). */
+  /** Pub/sub channel on which a process says a mailbox was stopped (its quota spent, its AUTH refused, an operator's pause). */
   get stoppedChannel(): string {
     return `${this.prefix}:stopped`;
   }
 
   /**
-   * Tells every relay process that an upstream reply stopped the mailbox, so that none sends a message it
-   * already started (best effort: a process that misses it finds the mailbox's pause at its next message).
+   * Tells every relay process that the mailbox was stopped, so that none sends a message it already started
+   * (best effort: a process that misses it finds the mailbox's pause at its next message).
    */
   mailboxStopped(mailbox: string): void {
     this.announce(this.stoppedChannel, mailbox);
