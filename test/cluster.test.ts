@@ -118,21 +118,39 @@ describe("a mailbox shared by several relay processes", () => {
       const acknowledged = await streamMessages(ports, 30, 10);
       expect(acknowledged).toHaveLength(300);
       await slow.upstream.waitForMessages(30, 30_000);
-      const victim = relays[0] as RelayProcess;
+      // the victim is a process that holds a connection: the next to log a delivery (one that holds none
+      // would leave nothing to regain)
+      const seen = relays.map((r) => r.output.length);
+      const delivered = (r: RelayProcess, i: number) =>
+        r.output.slice(seen[i]).some((line) => line.includes('"event":"delivered"'));
+      await waitFor(() => relays.some(delivered), 30_000, "a delivery logged");
+      const victim = relays.find(delivered) as RelayProcess;
       victim.child.kill("SIGKILL");
       await victim.exited;
       const killedAt = Date.now();
+      await waitFor(
+        () => slow.upstream.openConnections(MAILBOX) < 3,
+        5_000,
+        "the victim's connection closed",
+      );
+      // the others cannot open more before the victim's leases expire
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const victimConnections = 3 - slow.upstream.openConnections(MAILBOX);
       await waitFor(() => slow.upstream.openConnections(MAILBOX) >= 3, 35_000, "3 connections again");
-      expect(Date.now() - killedAt).toBeLessThan(35_000);
+      const regainedMs = Date.now() - killedAt;
+      expect(regainedMs).toBeLessThan(35_000);
       await waitFor(
         () => acknowledged.every((to) => slow.upstream.messages.some((m) => m.rcptTo.includes(to))),
         90_000,
         "every acknowledged message delivered",
       );
-      const duplicates =
-        slow.upstream.messages.length - new Set(slow.upstream.messages.flatMap((m) => m.rcptTo)).size;
-      // only messages in flight on the killed process's connections can be sent twice
-      expect(duplicates).toBeLessThanOrEqual(3);
+      const recipients = slow.upstream.messages.flatMap((m) => m.rcptTo);
+      const duplicates = recipients.length - new Set(recipients).size;
+      // only messages in flight on the killed process's connections can be sent twice: on each of them the one
+      // on the wire and the one before it, whose 250 came less than 5 ms earlier and whose record
+      // waits (docs/limits.md), as in test/faults/crash.test.ts
+      console.log(`kill -9 report: ${JSON.stringify({ victimConnections, regainedMs, duplicates })}`);
+      expect(duplicates, `${duplicates} sent twice`).toBeLessThanOrEqual(victimConnections * 2);
       expect(slow.upstream.maxConcurrent(MAILBOX)).toBeLessThanOrEqual(3);
     } finally {
       await Promise.all(processes.splice(0).map((p) => p.stop()));
