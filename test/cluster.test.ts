@@ -2,7 +2,12 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, inject, i
 import { createTestPki } from "./support/certs.js";
 import { type FakeUpstream, startFakeUpstream } from "./support/fake-upstream.js";
 import { tempFile, uniquePrefix, waitFor } from "./support/relay.js";
-import { type RelayProcess, startRelayProcess, writeConfigFile } from "./support/relay-process.js";
+import {
+  nextToDeliver,
+  type RelayProcess,
+  startRelayProcess,
+  writeConfigFile,
+} from "./support/relay-process.js";
 import { buildMessage, openSubmission } from "./support/smtp-client.js";
 
 const MAILBOX = "scanner@contoso.com";
@@ -120,11 +125,7 @@ describe("a mailbox shared by several relay processes", () => {
       await slow.upstream.waitForMessages(30, 30_000);
       // the victim is a process that holds a connection: the next to log a delivery (one that holds none
       // would leave nothing to regain)
-      const seen = relays.map((r) => r.output.length);
-      const delivered = (r: RelayProcess, i: number) =>
-        r.output.slice(seen[i]).some((line) => line.includes('"event":"delivered"'));
-      await waitFor(() => relays.some(delivered), 30_000, "a delivery logged");
-      const victim = relays.find(delivered) as RelayProcess;
+      const victim = await nextToDeliver(relays);
       victim.child.kill("SIGKILL");
       await victim.exited;
       const killedAt = Date.now();

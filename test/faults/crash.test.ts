@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
+import { nextToDeliver } from "../support/relay-process.js";
 import { type DeliveryReport, FaultRig } from "./fault-rig.js";
 
 let rig: FaultRig | undefined;
@@ -32,9 +33,11 @@ describe("crashes while 1,000 messages stream through two relays", () => {
   it("after kill -9 of a relay in the middle of DATA sessions and deliveries, and its restart, every acknowledged message is delivered", async () => {
     rig = await FaultRig.start();
     const report = await rig.streamWithFault(async (r) => {
-      r.relays[0]?.child.kill("SIGKILL");
-      await r.relays[0]?.exited;
-      await r.startRelay(0);
+      // one that holds upstream connections (every relay has clients in DATA)
+      const victim = await nextToDeliver(r.relays);
+      victim.child.kill("SIGKILL");
+      await victim.exited;
+      await r.startRelay(r.relays.indexOf(victim));
     });
     // only messages in flight on the killed relay can be sent twice: on each of its (at most 3) connections the
     // one on the wire and the one before it, whose 250 came less than 5 ms earlier (its record waits, so as not

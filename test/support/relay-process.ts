@@ -52,3 +52,15 @@ export function startRelayProcess(configFile: string, env: Record<string, string
     },
   };
 }
+
+/**
+ * The first of `relays` to log a delivery from now on: one that holds an upstream connection (to kill a process
+ * in the middle of its deliveries, not one that has none).
+ */
+export async function nextToDeliver(relays: RelayProcess[], timeoutMs = 30_000): Promise<RelayProcess> {
+  const seen = relays.map((r) => r.output.length);
+  const delivered = (r: RelayProcess, i: number) =>
+    r.output.slice(seen[i]).some((line) => line.includes('"event":"delivered"'));
+  await waitFor(() => relays.some(delivered), timeoutMs, "a delivery logged");
+  return relays.find(delivered) as RelayProcess;
+}
