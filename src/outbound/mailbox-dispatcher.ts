@@ -62,10 +62,10 @@ class LockLost extends Error {
   }
 }
 
-/** A reply to an earlier message stopped the mailbox while this one waited for a connection (see stoppedAt). */
+/** The mailbox was stopped (see stoppedAt) while this message waited for a connection: it was not sent. */
 class MailboxStopped extends Error {
   constructor() {
-    super("the mailbox was stopped by the reply to an earlier message");
+    super("the mailbox was stopped (a reply to another message, a refused AUTH, an operator's pause)");
     this.name = "MailboxStopped";
   }
 }
@@ -216,7 +216,7 @@ export class MailboxDispatcher implements DeliveryLane {
       open: () =>
         openUpstream(upstream, options.tls, options.credentials, options.hostname).catch(
           (err: UpstreamError) => {
-            if (stopsMailbox(this.verdictOf(err).action)) this.noteStopped();
+            this.noteIfStops(this.verdictOf(err).action);
             throw err;
           },
         ),
@@ -457,7 +457,7 @@ export class MailboxDispatcher implements DeliveryLane {
       const takeId = `${job.data.id}:${job.data.delivered.length + job.data.refused.length}:${Date.now()}`;
       run.body = await this.startBatch(run, { id: takeId, recipients: batch.length }, budgetLimits);
       if (!run.body) return undefined;
-      await this.sendBatch(run, batch, takeId);
+      await this.sendBatch(run, run.body, batch, takeId);
     }
     return this.finishJob(run);
   }
@@ -555,9 +555,8 @@ export class MailboxDispatcher implements DeliveryLane {
   }
 
   /** Sends the batch on a connection of the pool and records its outcome; a failure throws (hold, retry, fail). */
-  private async sendBatch(run: DeliveryRun, batch: string[], takeId: string): Promise<void> {
-    const { job, startedAt, log, body } = run;
-    if (!body) throw new Error("sendBatch: no body");
+  private async sendBatch(run: DeliveryRun, body: Buffer, batch: string[], takeId: string): Promise<void> {
+    const { job, startedAt, log } = run;
     let connection: UpstreamConnection | undefined;
     /** The connection, given back to the pool once the message was written (see send's onWritten). */
     let released: UpstreamConnection | undefined;
@@ -585,7 +584,7 @@ export class MailboxDispatcher implements DeliveryLane {
         // one too, before its data: its 354 is handled in the same turn as this reply
         onFailed: (err) => {
           const { action } = this.verdictOf(err);
-          if (stopsMailbox(action)) this.noteStopped();
+          this.noteIfStops(action);
           if (condemnsConnection(action)) sending.close();
         },
       });
@@ -778,8 +777,9 @@ export class MailboxDispatcher implements DeliveryLane {
     return this.options.credentials.explain(classifyReply(err));
   }
 
-  /** A reply stopped the mailbox: here at once, and in the other processes, whose messages would get it too. */
-  private noteStopped(): void {
+  /** A verdict that stops the mailbox is noted here at once, and in the other processes, whose messages would get it too. */
+  private noteIfStops(action: ReplyAction): void {
+    if (!stopsMailbox(action)) return;
     this.stoppedAt = Date.now();
     this.options.spool.mailboxStopped(this.options.mailbox);
   }
