@@ -1,6 +1,7 @@
 import bytes from "bytes";
 import ipaddr from "ipaddr.js";
 import { z } from "zod";
+import { DEFAULT_LEASE_TTL_MS } from "../limits/connection-leases.js";
 import { UNLIMITED, UNLIMITED_WORD } from "../limits/unlimited.js";
 import {
   DEFAULT_UPSTREAM_PRESET,
@@ -549,7 +550,7 @@ export const configObjectSchema = z
       .number()
       .int()
       .min(1_000)
-      .default(30_000)
+      .default(DEFAULT_LEASE_TTL_MS)
       .describe(
         "lifetime of a connection lease and of a delivery's queue lock unless renewed (ms): a killed relay's connection slots and in-flight messages are taken over after this",
       ),
