@@ -426,6 +426,38 @@ describe("independence and pauses", () => {
     expect(await queue.count()).toBe(30);
   });
 
+  it("tries AUTH again each retry.authRetryInterval, a refusal or so per try, and sends the kept mail once SMTP AUTH is enabled", async () => {
+    fx.upstream.smtpAuth(MAILBOX, false);
+    try {
+      const r = await relay({
+        retry: { firstDelay: 200, factor: 2, maxDelay: 1_000, authRetryInterval: 2_000 },
+      });
+      const queue = r.spool.queue(MAILBOX);
+      const to = recipients(5, "kept");
+      for (const address of to) expect((await send(r, [address])).ok).toBe(true);
+      // two tries after the first: each pauses the mailbox again, with one actionable error each
+      await waitFor(() => r.logs.filter((l) => l.event === "paused").length >= 3, 20_000, "3 pauses");
+      const paused = r.logs.filter((l) => l.event === "paused");
+      expect(String(paused[0]?.hint)).toMatch(/SMTP AUTH|SmtpClientAuthentication/i);
+      // a slow interval, not a storm: the tries are about authRetryInterval apart (jitter up to 1 s), and each
+      // costs at most one refused AUTH per connection slot
+      const times = paused.slice(0, 3).map((l) => l.time as number);
+      expect(Number(times[1]) - Number(times[0])).toBeGreaterThanOrEqual(1_900);
+      expect(Number(times[2]) - Number(times[1])).toBeGreaterThanOrEqual(1_900);
+      expect(fx.upstream.authFailures).toBeLessThanOrEqual(3 * paused.length);
+      expect(await queue.getFailedCount()).toBe(0);
+      expect(fx.upstream.messages).toHaveLength(0);
+      // the admin turns SMTP AUTH on: the next try sends everything kept, once
+      fx.upstream.smtpAuth(MAILBOX, true);
+      const delivered = await fx.upstream.waitForMessages(5, 15_000);
+      expect(delivered.flatMap((m) => m.rcptTo).sort()).toEqual([...to].sort());
+      await waitFor(async () => (await queue.getCompletedCount()) === 5, 10_000, "5 completed");
+      expect(await queue.getFailedCount()).toBe(0);
+    } finally {
+      fx.upstream.smtpAuth(MAILBOX, true);
+    }
+  }, 60_000);
+
   it("sends a paused mailbox's mail within seconds of the pause's end even when no relay was told", async () => {
     const r = await relay();
     const redis = new Redis(redisUrl);

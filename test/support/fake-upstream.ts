@@ -106,6 +106,11 @@ export interface FakeUpstream {
    * on=false listens again on the same port. Await it before connecting.
    */
   refuseConnections(on: boolean, mode?: RefuseMode): Promise<void>;
+  /**
+   * Turns SMTP AUTH off or on for `user`, as an Exchange admin does (`Set-CASMailbox
+   * -SmtpClientAuthenticationDisabled`): while off, every AUTH as `user` gets `535 5.7.139`.
+   */
+  smtpAuth(user: string, enabled: boolean): void;
   /** Authenticated connections of `user` open right now. */
   openConnections(user: string): number;
   /** Most authenticated connections of `user` open at the same time since start/reset(). */
@@ -258,6 +263,11 @@ class FakeExchange implements FakeUpstream {
 
   count432(user: string): number {
     return this.statsOf(user).count432;
+  }
+
+  smtpAuth(user: string, enabled: boolean): void {
+    const others = this.settings.smtpAuthDisabled.filter((u) => u.toLowerCase() !== user.toLowerCase());
+    this.settings.smtpAuthDisabled = enabled ? others : [...others, user];
   }
 
   authCount(user: string): number {
