@@ -507,5 +507,9 @@ describe("connections", () => {
     // it lowers its own connection count instead of hammering: a handful of 432s, not one per message
     expect(fx.upstream.count432(MAILBOX)).toBeGreaterThan(0);
     expect(fx.upstream.count432(MAILBOX)).toBeLessThanOrEqual(6);
+    // a 432 requeues without spending an attempt: every message, 432 or not, is done at its first
+    const completed = await r.spool.queue(MAILBOX).getCompleted(0, 100);
+    expect(completed).toHaveLength(60);
+    expect(completed.map((job) => job.attemptsMade)).toEqual(completed.map(() => 1));
   });
 });
