@@ -10,6 +10,7 @@ import {
   type OperationsFixture,
   startOperationsFixture,
 } from "./support/admin-fixture.js";
+import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { waitFor } from "./support/relay.js";
 
 const redisUrl = inject("redisUrl");
@@ -46,9 +47,7 @@ afterAll(async () => {
 describe("the dashboard in headless Chromium", () => {
   it("shows a failed message with the upstream reply; Retry sends it once the upstream accepts, and it shows as delivered", async () => {
     const r = await fx.relay({ admin: { listen: "127.0.0.1:0" } });
-    fx.upstream.script({
-      reply: { code: 550, message: "5.7.708 Service unavailable. Access denied, traffic not accepted" },
-    });
+    fx.upstream.script({ reply: EXCHANGE_REPLIES.sendAsDenied });
     const id = await fx.send(r, "alice@example.com");
     await waitFor(async () => (await r.spool.queue(MAILBOX).getJobState(id)) === "failed", 20_000, "failed");
 
@@ -64,8 +63,10 @@ describe("the dashboard in headless Chromium", () => {
       expect(await mailboxRow.textContent()).toContain("running");
       const failedRow = page.locator(`#failed tr[data-id="${id}"]`);
       await failedRow.waitFor();
-      expect(await failedRow.textContent()).toContain("550 5.7.708 Service unavailable");
+      expect(await failedRow.textContent()).toContain("554 5.2.0 STOREDRV.Submission.Exception:SendAsDenied");
       expect(await failedRow.textContent()).toContain("alice@example.com");
+      // what to do about it, on hovering the reply
+      expect(await failedRow.locator("td.reply").getAttribute("title")).toMatch(/SendAs rights/);
 
       // the fake upstream accepts from now on (its fault script is used up)
       expect(fx.upstream.faultsLeft).toBe(0);

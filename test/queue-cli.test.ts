@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { MAILBOX, type OperationsFixture, startOperationsFixture } from "./support/admin-fixture.js";
+import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { uniquePrefix, waitFor } from "./support/relay.js";
 import { writeConfigFile } from "./support/relay-process.js";
 
@@ -41,8 +42,10 @@ function sluice(args: string[]): Promise<CliResult> {
 /** A relay that fails two messages (550) and leaves them failed, then stops: the CLI works without it. */
 async function failedMessages(prefix: string): Promise<string[]> {
   const r = await fx.relay({ redisPrefix: prefix });
-  const reply = { code: 550, message: "5.1.1 RESOLVER.ADR.RecipNotFound; not found" };
-  fx.upstream.script({ reply }, { reply });
+  fx.upstream.script(
+    { reply: { code: 550, message: "5.1.1 RESOLVER.ADR.RecipNotFound; not found" } },
+    { reply: EXCHANGE_REPLIES.sendAsDenied },
+  );
   const ids = [await fx.send(r, "one@example.com"), await fx.send(r, "two@example.com")];
   for (const id of ids) {
     await waitFor(async () => (await r.spool.queue(MAILBOX).getJobState(id)) === "failed", 20_000, "failed");
@@ -88,6 +91,16 @@ describe("sluice queue against Redis with no relay running", () => {
       (await sluice(["queue", "show", first as string, "-c", config, "--json"])).stdout,
     );
     expect(showJson).toMatchObject({ id: first, state: "failed", attempts: 1 });
+    // a reply the table has advice for is shown with it
+    const showSecond = await sluice(["queue", "show", second as string, "-c", config]);
+    expect(showSecond.stdout).toContain(
+      "failed/deferred because: 554 5.2.0 STOREDRV.Submission.Exception:SendAsDenied",
+    );
+    expect(showSecond.stdout).toMatch(
+      /what to do: the mailbox may not send as this sender: give it SendAs rights/,
+    );
+    expect(show.stdout).not.toContain("what to do:");
+    expect(lsJson[1]).toMatchObject({ id: second, hint: expect.stringMatching(/SendAs rights/) });
 
     const missing = await sluice(["queue", "show", "NOSUCHID", "-c", config]);
     expect(missing.code).toBe(1);

@@ -119,6 +119,8 @@ async function refresh() {
         ? api("POST", "/messages/" + encodeURIComponent(m.id) + "/purge") : null));
       const tr = row([[m.id], [m.mailbox], [m.client], [m.mailFrom || "<>"], [m.recipients.join(", ")],
         [when(m.failedAt)], [m.lastReply, "reply"], actions]);
+      // what to do about the reply (the reply table's hint), on hovering it
+      if (m.hint) tr.cells[6].title = m.hint;
       tr.dataset.id = m.id;
       return tr;
     }));

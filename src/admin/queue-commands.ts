@@ -132,6 +132,7 @@ function detailText(m: MessageDetail): string {
     ...(m.replies.length ? m.replies.map((r) => `  ${r.at}  ${r.reply}`) : ["  (none yet)"]),
   ];
   if (m.lastReply) lines.push("", `failed/deferred because: ${m.lastReply}`);
+  if (m.hint) lines.push(`what to do: ${m.hint}`);
   lines.push("", "headers:", m.headers ?? "  (body no longer stored)");
   return lines.join("\n");
 }

@@ -5,6 +5,7 @@ import { ConnectionLeases } from "../limits/connection-leases.js";
 import { estimateDrainMs } from "../limits/drain-estimate.js";
 import { MailboxBudget } from "../limits/mailbox-budget.js";
 import type { Logger } from "../logger.js";
+import { hintForReply } from "../outbound/classify-reply.js";
 import { type MailboxPause, MailboxPauses } from "../outbound/mailbox-pauses.js";
 import { type LastBatch, type MessageJob, withLastBatch } from "../spool/message-job.js";
 import { HELD_QUEUE, type Spool } from "../spool/spool.js";
@@ -73,6 +74,8 @@ export interface MessageSummary {
   attempts: number;
   /** The reply that failed the message, or the last one that deferred it. */
   lastReply?: string;
+  /** What to do about lastReply (the reply table's hint), when the table has one. */
+  hint?: string;
   /** When the message failed (ms since epoch). */
   failedAt?: number;
   /** When the message was delivered (ms since epoch). */
@@ -400,6 +403,7 @@ function summarize(job: Job<MessageJob>, mailbox: string, state: MessageSummary[
     receivedAt: data.receivedAt,
     attempts: job.attemptsMade,
     lastReply: job.failedReason || undefined,
+    hint: hintForReply(job.failedReason),
     failedAt: state === "failed" ? job.finishedOn : undefined,
     deliveredAt: state === "delivered" ? job.finishedOn : undefined,
   };

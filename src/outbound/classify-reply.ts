@@ -148,3 +148,14 @@ export function classifyReply(err: UpstreamError, table: readonly ReplyRule[] = 
   // neither a reply code nor a known network code: a local problem, safe to retry
   return { action: "retry", category: "unknown", reply };
 }
+
+/**
+ * What to do about a reply kept as text (a failed message's reason, the last reply that deferred it): the reply
+ * table's hint, looked up again when the message is shown. Undefined for a reply the table has no hint for, or
+ * text that is not a reply (an expiry).
+ */
+export function hintForReply(reply: string | undefined): string | undefined {
+  const code = reply?.match(/^(\d{3})[ -]/)?.[1];
+  if (!reply || !code) return undefined;
+  return classifyReply(Object.assign(new Error(reply), { responseCode: Number(code), response: reply })).hint;
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { classifyReply } from "../../src/outbound/classify-reply.js";
+import { classifyReply, hintForReply } from "../../src/outbound/classify-reply.js";
 import { retryDelay } from "../../src/outbound/retry-schedule.js";
 
 function reply(response: string, code = "EENVELOPE") {
@@ -57,6 +57,25 @@ describe("what an upstream reply means (Exchange Online's real reply texts)", ()
       reply("535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"),
     );
     expect(verdict.hint).toMatch(/Set-CASMailbox .* -SmtpClientAuthenticationDisabled \$false/);
+  });
+});
+
+describe("the advice shown with a failed message's kept reply", () => {
+  it("is the reply table's hint, found again from the reply's text", () => {
+    expect(
+      hintForReply(
+        "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException; Failed to process message due to a permanent exception",
+      ),
+    ).toMatch(/give it SendAs rights/);
+    expect(
+      hintForReply(
+        "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.",
+      ),
+    ).toMatch(/SmtpClientAuthenticationDisabled \$false/);
+    // a reply the table has no advice for, text that is not a reply, nothing
+    expect(hintForReply("550 5.1.1 RESOLVER.ADR.RecipNotFound; not found")).toBeUndefined();
+    expect(hintForReply("expired: not delivered within 48 h")).toBeUndefined();
+    expect(hintForReply(undefined)).toBeUndefined();
   });
 });
 
