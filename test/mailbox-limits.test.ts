@@ -1,5 +1,6 @@
 import { Redis } from "ioredis";
 import { describe, expect, inject, it } from "vitest";
+import { ConnectionLeases } from "../src/limits/connection-leases.js";
 import { MailboxBudget } from "../src/limits/mailbox-budget.js";
 import { MailboxPauses } from "../src/outbound/mailbox-pauses.js";
 import { startRedisDelayProxy } from "./support/redis-delay-proxy.js";
@@ -494,6 +495,47 @@ describe("connections", () => {
     expect(fx.upstream.maxConcurrent(MAILBOX)).toBeLessThanOrEqual(3);
     expect(fx.upstream.count432(MAILBOX)).toBe(0);
     expect(fx.upstream.authCount(MAILBOX)).toBeLessThanOrEqual(6);
+  });
+
+  it("reuses a connection up to maxMessagesPerConnection, closes one idle for idleTimeout, and each time gives its slot back", async () => {
+    const r = await relay({
+      upstream: {
+        host: "127.0.0.1",
+        port: fx.upstream.port,
+        ca: fx.caFile,
+        idleTimeout: 300,
+        maxMessagesPerConnection: 3,
+      },
+      defaults: { limits: { connections: 1 } },
+    });
+    const redis = new Redis(redisUrl);
+    const leases = new ConnectionLeases(redis, r.config.redisPrefix);
+    const closedAt: number[] = [];
+    const onClose = () => closedAt.push(Date.now());
+    fx.upstream.events.on("close", onClose);
+    try {
+      const queue = r.spool.queue(MAILBOX);
+      await queue.pause();
+      for (let i = 0; i < 4; i++) expect((await send(r, [`reuse${i}@example.com`])).ok).toBe(true);
+      await queue.resume();
+      r.spool.wake(MAILBOX);
+      const all = await fx.upstream.waitForMessages(4);
+      // one TLS handshake and one AUTH for the first 3, a new connection for the 4th
+      expect(new Set(all.slice(0, 3).map((m) => m.connectionId)).size).toBe(1);
+      expect(all[3]?.connectionId).not.toBe(all[0]?.connectionId);
+      expect(fx.upstream.authCount(MAILBOX)).toBe(2);
+      // the first closed once its 3rd message was answered, the second after 300 ms without one
+      await waitFor(
+        async () => closedAt.length === 2 && (await leases.count(MAILBOX)) === 0,
+        5_000,
+        "both closed and their slots free",
+      );
+      expect(fx.upstream.openConnections(MAILBOX)).toBe(0);
+      expect(Number(closedAt[1]) - Number(all[3]?.receivedAt)).toBeGreaterThanOrEqual(290);
+    } finally {
+      fx.upstream.events.off("close", onClose);
+      redis.disconnect();
+    }
   });
 
   it("configured for 5 connections against Exchange's 3, adapts after 432s and still delivers everything once", async () => {
