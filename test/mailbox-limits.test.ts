@@ -172,6 +172,12 @@ describe("budgets", () => {
     const ready = await queue.getJobCounts("wait", "prioritized");
     expect((ready.wait ?? 0) + (ready.prioritized ?? 0)).toBeGreaterThanOrEqual(20);
     expect(await queue.getFailedCount()).toBe(0);
+    // a throttled mailbox with a backlog does not hold up another mailbox's mail
+    const before = Date.now();
+    expect((await send(r, ["independent@example.com"], "127.0.0.3")).ok).toBe(true);
+    const [, , other] = await fx.upstream.waitForMessages(3, 5_000);
+    expect(other?.user).toBe(OTHER);
+    console.info(`another mailbox's message went ${Date.now() - before} ms after its submission`);
   }, 60_000);
 
   it("sends at most messagesPerMinute in any sliding minute, and the held mail flows as the window frees", async () => {
