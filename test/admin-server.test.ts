@@ -135,6 +135,7 @@ describe("GET /metrics", () => {
     expect(metric(text, `sluice_mailbox_paused{mailbox="${MAILBOX}",reason=""}`)).toBe(0);
     expect(metric(text, `sluice_queue_oldest_age_seconds{mailbox="${MAILBOX}"}`)).toBe(0);
     expect(metric(text, `sluice_connection_leases{mailbox="${MAILBOX}"}`)).toBeTypeOf("number");
+    expect(metric(text, `sluice_connection_limit{mailbox="${MAILBOX}"}`)).toBe(3);
     expect(metric(text, `sluice_upstream_connections{mailbox="${MAILBOX}"}`)).toBeTypeOf("number");
     expect(metric(text, "sluice_redis_up")).toBe(1);
     expect(text).toMatch(/^process_cpu_user_seconds_total /m);
@@ -187,6 +188,14 @@ describe("GET /metrics", () => {
       20_000,
       "432 counted",
     );
+    // the 432 lowered the mailbox's connections for a cool-down: shown as such
+    expect(
+      metric((await api(base, "GET", "/metrics")).text, `sluice_connection_limit{mailbox="${MAILBOX}"}`),
+    ).toBe(2);
+    expect((await api(base, "GET", "/api/status")).json().mailboxes[0]).toMatchObject({
+      connectionLimit: 2,
+      limits: { connections: 3 },
+    });
     expect(id).toBeTruthy();
   });
 

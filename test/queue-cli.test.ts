@@ -2,7 +2,9 @@ import { execFile } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { ConnectionLeases } from "../src/limits/connection-leases.js";
 import { MAILBOX, type OperationsFixture, startOperationsFixture } from "./support/admin-fixture.js";
 import { EXCHANGE_REPLIES } from "./support/exchange-replies.js";
 import { uniquePrefix, waitFor } from "./support/relay.js";
@@ -66,7 +68,15 @@ describe("sluice queue against Redis with no relay running", () => {
     expect(status.stdout).toMatch(/^MAILBOX\s+QUEUED\s+DELAYED\s+ACTIVE\s+FAILED/);
     expect(status.stdout).toMatch(new RegExp(`${MAILBOX}\\s+0\\s+0\\s+0\\s+2\\s`));
     const statusJson = JSON.parse((await sluice(["queue", "status", "-c", config, "--json"])).stdout);
-    expect(statusJson).toMatchObject([{ mailbox: MAILBOX, failed: 2, queued: 0, pause: null }]);
+    expect(statusJson).toMatchObject([
+      { mailbox: MAILBOX, failed: 2, queued: 0, pause: null, leases: 0, connectionLimit: 3 },
+    ]);
+    // after a 432 the mailbox has fewer connections for a cool-down, and the table says so
+    const redis = new Redis(redisUrl);
+    await new ConnectionLeases(redis, prefix).reduce(MAILBOX, 3);
+    redis.disconnect();
+    const cooling = await sluice(["queue", "status", "-c", config]);
+    expect(cooling.stdout).toContain("0/2 (432 cool-down; 3 configured)");
     const noBudgets = writeConfigFile(
       fx.config({ redisPrefix: prefix, defaults: { limits: { messagesPerMinute: "unlimited" } } }),
     );

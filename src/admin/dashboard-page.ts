@@ -107,7 +107,7 @@ async function refresh() {
       }
       const tr = row([[m.mailbox], [state, m.pause ? "paused" : "ok"], [m.queued, "num"], [m.delayed, "num"], [m.active, "num"],
         [m.failed, "num"], [ago(m.oldestAgeMs)], [m.messagesLastMinute + " / " + m.limits.messagesPerMinute, "num"],
-        [m.recipientsLastDay + " / " + m.limits.recipientsPerDay, "num"], [m.leases + " / " + m.limits.connections, "num"],
+        [m.recipientsLastDay + " / " + m.limits.recipientsPerDay, "num"], [m.leases + " / " + m.connectionLimit + (m.connectionLimit < m.limits.connections ? " (432 cool-down)" : ""), "num"],
         [m.drainEstimateMs === null ? "" : ago(m.drainEstimateMs)], actions]);
       tr.dataset.mailbox = m.mailbox;
       return tr;

@@ -86,11 +86,17 @@ function statusTable(statuses: MailboxStatus[]): string {
       formatAge(s.oldestAgeMs),
       `${s.messagesLastMinute}/${formatLimit(s.limits.messagesPerMinute)}`,
       `${s.recipientsLastDay}/${formatLimit(s.limits.recipientsPerDay)}`,
-      `${s.leases}/${s.limits.connections}`,
+      connectionsText(s),
       s.drainEstimateMs === null ? "-" : formatAge(s.drainEstimateMs),
       s.pause ? `${s.pause.kind}: ${s.pause.reason}` : "-",
     ]),
   );
+}
+
+/** Leases held / connections allowed now, and the configured number while a 432 cool-down lowers it. */
+function connectionsText(s: MailboxStatus): string {
+  const cooling = s.connectionLimit < s.limits.connections;
+  return `${s.leases}/${s.connectionLimit}${cooling ? ` (432 cool-down; ${s.limits.connections} configured)` : ""}`;
 }
 
 function listTable(messages: MessageSummary[]): string {

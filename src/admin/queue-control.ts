@@ -51,6 +51,11 @@ export interface MailboxStatus {
   recipientsLastDay: number;
   /** Live connection leases of the mailbox across the cluster. */
   leases: number;
+  /**
+   * Connections the mailbox may have open now, across the cluster: `limits.connections`, or fewer during the
+   * cool-down after a `432 4.3.2` (docs/limits.md).
+   */
+  connectionLimit: number;
   pause: MailboxPause | null;
   /** Rough time until the backlog is sent at messagesPerMinute; null while paused or for held mail. */
   drainEstimateMs: number | null;
@@ -176,9 +181,10 @@ export class QueueControl {
     const counts = await queue.getJobCounts("wait", "prioritized", "delayed", "active", "failed");
     const isHeld = mailbox === HELD_QUEUE;
     const limits = isHeld ? this.options.config.defaults.limits : this.limitsOf(mailbox);
-    const [usage, leases, pause, oldestAgeMs] = await Promise.all([
+    const [usage, leases, connectionLimit, pause, oldestAgeMs] = await Promise.all([
       isHeld ? { messagesLastMinute: 0, recipientsLastDay: 0 } : this.budget.usage(mailbox),
       isHeld ? 0 : this.leases.count(mailbox),
+      isHeld ? limits.connections : this.leases.effectiveLimit(mailbox, limits.connections),
       isHeld ? null : this.pauses.get(mailbox),
       this.oldestAge(mailbox),
     ]);
@@ -196,6 +202,7 @@ export class QueueControl {
       limits,
       ...usage,
       leases,
+      connectionLimit,
       pause,
       drainEstimateMs: pause || isHeld ? null : estimateDrainMs({ queuedMessages: backlog, limits, usage }),
     };

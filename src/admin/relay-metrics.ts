@@ -147,6 +147,11 @@ export class RelayMetrics {
       (s) => s.leases,
     );
     perMailbox(
+      "sluice_connection_limit",
+      "Connections the mailbox may have open now across the cluster: its limit, or fewer during the cool-down after a 432",
+      (s) => s.connectionLimit,
+    );
+    perMailbox(
       "sluice_budget_used",
       "Budget used in the sliding window: messages in the last minute, recipients in the last 24 hours",
       (s) => [
