@@ -2,8 +2,10 @@ import { mkdtempSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Redis } from "ioredis";
 import { type BrowserContext, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { ConnectionLeases } from "../src/limits/connection-leases.js";
 import {
   adminUrl,
   MAILBOX,
@@ -50,6 +52,10 @@ describe("the dashboard in headless Chromium", () => {
     fx.upstream.script({ reply: EXCHANGE_REPLIES.sendAsDenied });
     const id = await fx.send(r, "alice@example.com");
     await waitFor(async () => (await r.spool.queue(MAILBOX).getJobState(id)) === "failed", 20_000, "failed");
+    // a 432 lowered the mailbox's connections for a cool-down (as another relay process may have seen one)
+    const redis = new Redis(redisUrl);
+    await new ConnectionLeases(redis, r.config.redisPrefix).reduce(MAILBOX, 3);
+    redis.disconnect();
 
     const page = await browser.newPage();
     const external: string[] = [];
@@ -61,6 +67,7 @@ describe("the dashboard in headless Chromium", () => {
       const mailboxRow = page.locator(`#mailboxes tr[data-mailbox="${MAILBOX}"]`);
       await mailboxRow.waitFor();
       expect(await mailboxRow.textContent()).toContain("running");
+      expect(await mailboxRow.textContent()).toMatch(/\d \/ 2 \(432 cool-down\)/);
       const failedRow = page.locator(`#failed tr[data-id="${id}"]`);
       await failedRow.waitFor();
       expect(await failedRow.textContent()).toContain("554 5.2.0 STOREDRV.Submission.Exception:SendAsDenied");
