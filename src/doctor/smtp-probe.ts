@@ -6,7 +6,7 @@ import SMTPConnection from "nodemailer/lib/smtp-connection";
 import XOAuth2 from "nodemailer/lib/xoauth2";
 import { TokenRefused } from "../auth/token-errors.js";
 import type { UpstreamCredentials, UpstreamLogin } from "../auth/upstream-credentials.js";
-import { AUTH_HINT_BASE, classifyReply } from "../outbound/classify-reply.js";
+import { AUTH_HINT_BASE, classifyReply, replyError } from "../outbound/classify-reply.js";
 import {
   type UpstreamConfig,
   type UpstreamError,
@@ -211,13 +211,7 @@ export async function probeMailbox(options: ProbeOptions): Promise<DoctorStep[]>
     // mail-from
     const mailReply = await command(connection, `MAIL FROM:<${mailbox}>`);
     if (!mailReply.startsWith("2")) {
-      const err = {
-        name: "MailFrom",
-        message: mailReply,
-        response: mailReply,
-        responseCode: Number(mailReply.slice(0, 3)),
-      };
-      return fail("mail-from", mailReply, hintFor(err, credentials));
+      return fail("mail-from", mailReply, hintFor(replyError(mailReply), credentials));
     }
     pass("mail-from", mailReply);
 

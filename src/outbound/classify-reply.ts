@@ -154,8 +154,18 @@ export function classifyReply(err: UpstreamError, table: readonly ReplyRule[] = 
  * table's hint, looked up again when the message is shown. Undefined for a reply the table has no hint for, or
  * text that is not a reply (an expiry).
  */
-export function hintForReply(reply: string | undefined): string | undefined {
-  const code = reply?.match(/^(\d{3})[ -]/)?.[1];
-  if (!reply || !code) return undefined;
-  return classifyReply(Object.assign(new Error(reply), { responseCode: Number(code), response: reply })).hint;
+export function hintForReply(reply: string | null | undefined): string | undefined {
+  // BullMQ leaves failedReason null or undefined on a job that never failed
+  if (!reply) return undefined;
+  const err = replyError(reply);
+  return err.responseCode === undefined ? undefined : classifyReply(err).hint;
+}
+
+/** A reply line read as text, as the error nodemailer would have given for it (no code: not a reply). */
+export function replyError(reply: string): UpstreamError {
+  const code = reply.match(/^(\d{3})[ -]/)?.[1];
+  return Object.assign(new Error(reply), {
+    response: reply,
+    ...(code ? { responseCode: Number(code) } : {}),
+  });
 }

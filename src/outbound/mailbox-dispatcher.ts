@@ -780,7 +780,7 @@ export class MailboxDispatcher implements DeliveryLane {
   /** A verdict that stops the mailbox is noted here at once, and in the other processes, whose messages would get it too. */
   private noteIfStops(action: ReplyAction): void {
     if (!stopsMailbox(action)) return;
-    this.stoppedAt = Date.now();
+    this.stopped();
     this.options.spool.mailboxStopped(this.options.mailbox);
   }
 
